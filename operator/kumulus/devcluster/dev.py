@@ -1,0 +1,213 @@
+"""Runs Kumulus itself on the dev cluster from this checkout: ``make dev-up`` and ``make demo``.
+
+The launcher (``python -m kumulus.devcluster``) only brings up Kubernetes. This module puts
+Kumulus on it the way a developer wants while editing code: the CRDs and RBAC applied from the
+checkout, and the operator running as a local background process (not a Pod), so a restart
+picks up the code at once. Its log goes to ``<state>/logs/operator.log``.
+
+    python -m kumulus.devcluster.dev up    [--state-dir .devcluster]
+    python -m kumulus.devcluster.dev down  [--state-dir .devcluster]
+    python -m kumulus.devcluster.dev demo  [--state-dir .devcluster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclass(frozen=True)
+class DevPaths:
+    """Where the dev processes keep their files inside a dev cluster's state folder."""
+
+    state: Path
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state / "kubeconfig"
+
+    @property
+    def operator_pid(self) -> Path:
+        return self.state / "operator.pid"
+
+    @property
+    def operator_log(self) -> Path:
+        return self.state / "logs" / "operator.log"
+
+
+def kubectl(paths: DevPaths, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Runs kubectl against the dev cluster and returns its output."""
+    env = {**os.environ, "KUBECONFIG": str(paths.kubeconfig)}
+    return subprocess.run(
+        ["kubectl", *args], env=env, check=check, capture_output=True, text=True, timeout=120
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def install_kumulus(paths: DevPaths) -> None:
+    """Applies the generated CRDs and the RBAC manifests, and waits for the CRDs."""
+    kubectl(paths, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl(
+        paths,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "-f",
+        str(REPO / "crds"),
+    )
+    rbac = REPO / "config" / "rbac"
+    if rbac.is_dir():
+        kubectl(paths, "apply", "--server-side", "--force-conflicts", "-f", str(rbac))
+
+
+def start_operator(paths: DevPaths, extra_env: dict[str, str] | None = None) -> int:
+    """Starts ``kopf run -m kumulus.handlers`` in the background; returns its pid.
+
+    Reuses an operator that this state folder already runs.
+    """
+    if paths.operator_pid.exists():
+        pid = int(paths.operator_pid.read_text())
+        if _alive(pid):
+            print(f"Reused the running operator (pid {pid}).")
+            return pid
+    paths.operator_log.parent.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(paths.kubeconfig),
+        "KUMULUS_LOG_FORMAT": os.environ.get("KUMULUS_LOG_FORMAT", "plain"),
+        **(extra_env or {}),
+    }
+    with paths.operator_log.open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kopf",
+                "run",
+                "-m",
+                "kumulus.handlers",
+                "--all-namespaces",
+                "--standalone",
+                f"--liveness=http://127.0.0.1:{port}/healthz",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO,
+        )
+    paths.operator_pid.write_text(str(proc.pid))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = paths.operator_log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"The operator exited with code {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    print(f"Started the operator (pid {proc.pid}), log {paths.operator_log}.")
+                    return proc.pid
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"The operator did not become healthy in 60 s; see {paths.operator_log}.")
+
+
+def stop_operator(paths: DevPaths) -> None:
+    """Stops the background operator (SIGTERM, then SIGKILL after 10 s)."""
+    if not paths.operator_pid.exists():
+        return
+    pid = int(paths.operator_pid.read_text())
+    if _alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        print(f"Stopped the operator (pid {pid}).")
+    paths.operator_pid.unlink(missing_ok=True)
+
+
+def demo(paths: DevPaths) -> int:
+    """Runs examples/01-hello-flow and prints the execution's phase and outputs."""
+    example = REPO / "examples" / "01-hello-flow"
+    kubectl(paths, "apply", "-f", str(example / "flow.yaml"))
+    # A demo run is a fresh execution each time: remove the previous one first.
+    kubectl(paths, "delete", "--ignore-not-found", "--wait=true", "-f", str(example / "execution.yaml"))
+    created = time.monotonic()
+    out = kubectl(paths, "create", "-f", str(example / "execution.yaml"), "-o", "json")
+    meta = json.loads(out.stdout)["metadata"]
+    name, ns = meta["name"], meta.get("namespace", "default")
+    print(f"Created Execution {ns}/{name}; waiting for it to end ...")
+    status: dict[str, object] = {}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        got = kubectl(paths, "get", "execution", name, "-n", ns, "-o", "json")
+        status = json.loads(got.stdout).get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed", "Cancelled"):
+            break
+        time.sleep(0.5)
+    took = time.monotonic() - created
+    print(kubectl(paths, "get", "execution", name, "-n", ns).stdout)
+    print(f"phase:   {status.get('phase')}  (ended {took:.1f} s after kubectl create)")
+    print(f"message: {status.get('message')}")
+    print("outputs: " + json.dumps(status.get("outputs"), indent=2, sort_keys=True))
+    if status.get("phase") != "Succeeded":
+        print(f"statusMessage: {status.get('statusMessage')}")
+        print(f"The demo failed; see {paths.operator_log}.")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kumulus.devcluster.dev", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "demo"])
+    parser.add_argument("--state-dir", default=".devcluster", type=Path)
+    args = parser.parse_args(argv)
+    paths = DevPaths(args.state_dir.resolve())
+    if args.command == "down":
+        stop_operator(paths)
+        return 0
+    if not paths.kubeconfig.exists():
+        print(f"No dev cluster at {paths.state}: run `make cluster-up` first.", file=sys.stderr)
+        return 1
+    if args.command == "up":
+        install_kumulus(paths)
+        start_operator(paths)
+        return 0
+    return demo(paths)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

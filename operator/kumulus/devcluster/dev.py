@@ -45,12 +45,13 @@ class DevPaths:
         return self.state / "logs" / "operator.log"
 
 
-def kubectl(paths: DevPaths, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Runs kubectl against the dev cluster and returns its output."""
-    env = {**os.environ, "KUBECONFIG": str(paths.kubeconfig)}
-    return subprocess.run(
-        ["kubectl", *args], env=env, check=check, capture_output=True, text=True, timeout=120
-    )
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    done = subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and done.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)} failed:\n{done.stderr.strip()}")
+    return done
 
 
 def _free_port() -> int:
@@ -72,20 +73,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def install_kumulus(paths: DevPaths) -> None:
-    """Applies the generated CRDs and the RBAC manifests, and waits for the CRDs."""
-    kubectl(paths, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+# The cluster-wide RBAC the operator needs before it starts; the per-namespace runner
+# ServiceAccount and RoleBinding are created by the operator itself (manage_runner_rbac).
+RBAC_MANIFESTS = ("runner-clusterrole.yaml", "operator-clusterrole.yaml")
+
+
+def install_kumulus(kubeconfig: Path) -> None:
+    """Applies the generated CRDs and the cluster RBAC, and waits until the CRDs are served."""
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl(
-        paths,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "-f",
-        str(REPO / "crds"),
+        kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds")
     )
-    rbac = REPO / "config" / "rbac"
-    if rbac.is_dir():
-        kubectl(paths, "apply", "--server-side", "--force-conflicts", "-f", str(rbac))
+    for name in RBAC_MANIFESTS:
+        manifest = REPO / "config" / "rbac" / name
+        kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(manifest))
 
 
 def start_operator(paths: DevPaths, extra_env: dict[str, str] | None = None) -> int:
@@ -162,24 +163,31 @@ def stop_operator(paths: DevPaths) -> None:
 def demo(paths: DevPaths) -> int:
     """Runs examples/01-hello-flow and prints the execution's phase and outputs."""
     example = REPO / "examples" / "01-hello-flow"
-    kubectl(paths, "apply", "-f", str(example / "flow.yaml"))
+    kubectl(paths.kubeconfig, "apply", "-f", str(example / "flow.yaml"))
     # A demo run is a fresh execution each time: remove the previous one first.
-    kubectl(paths, "delete", "--ignore-not-found", "--wait=true", "-f", str(example / "execution.yaml"))
+    kubectl(
+        paths.kubeconfig,
+        "delete",
+        "--ignore-not-found",
+        "--wait=true",
+        "-f",
+        str(example / "execution.yaml"),
+    )
     created = time.monotonic()
-    out = kubectl(paths, "create", "-f", str(example / "execution.yaml"), "-o", "json")
+    out = kubectl(paths.kubeconfig, "create", "-f", str(example / "execution.yaml"), "-o", "json")
     meta = json.loads(out.stdout)["metadata"]
     name, ns = meta["name"], meta.get("namespace", "default")
     print(f"Created Execution {ns}/{name}; waiting for it to end ...")
     status: dict[str, object] = {}
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        got = kubectl(paths, "get", "execution", name, "-n", ns, "-o", "json")
+        got = kubectl(paths.kubeconfig, "get", "execution", name, "-n", ns, "-o", "json")
         status = json.loads(got.stdout).get("status") or {}
         if status.get("phase") in ("Succeeded", "Failed", "Cancelled"):
             break
         time.sleep(0.5)
     took = time.monotonic() - created
-    print(kubectl(paths, "get", "execution", name, "-n", ns).stdout)
+    print(kubectl(paths.kubeconfig, "get", "execution", name, "-n", ns).stdout)
     print(f"phase:   {status.get('phase')}  (ended {took:.1f} s after kubectl create)")
     print(f"message: {status.get('message')}")
     print("outputs: " + json.dumps(status.get("outputs"), indent=2, sort_keys=True))
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No dev cluster at {paths.state}: run `make cluster-up` first.", file=sys.stderr)
         return 1
     if args.command == "up":
-        install_kumulus(paths)
+        install_kumulus(paths.kubeconfig)
         start_operator(paths)
         return 0
     return demo(paths)

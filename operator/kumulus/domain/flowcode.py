@@ -1,0 +1,51 @@
+"""Checks of a Flow's code: does it compile, and does it define its handler?
+
+The Flow handler sets the Flow's ``Ready`` condition from :func:`check_code`, so a syntax error
+shows up on the Flow (with its line) before any Execution runs it.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeCheck:
+    """Result of checking flow code."""
+
+    ok: bool
+    reason: str
+    message: str
+    code_hash: str
+
+
+def code_hash(code: str) -> str:
+    """Stable hash of flow code (``sha256:<hex>``), recorded as ``status.codeHash``."""
+    return "sha256:" + hashlib.sha256(code.encode()).hexdigest()
+
+
+def check_code(code: str, handler: str = "handler", filename: str = "<flow>") -> CodeCheck:
+    """Compile ``code`` and look for a top-level function ``handler``."""
+    digest = code_hash(code)
+    try:
+        tree = ast.parse(code, filename=filename)
+        compile(tree, filename, "exec")
+    except SyntaxError as err:
+        line = err.lineno if err.lineno is not None else 0
+        text = (err.text or "").strip()
+        detail = f": {text}" if text else ""
+        return CodeCheck(False, "SyntaxError", f"Line {line}: {err.msg}{detail}", digest)
+    except ValueError as err:  # e.g. null bytes in the source
+        return CodeCheck(False, "SyntaxError", f"Line 0: {err}", digest)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == handler:
+            return CodeCheck(True, "Compiled", f"Code compiles and defines {handler}().", digest)
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == handler for t in node.targets
+        ):
+            return CodeCheck(True, "Compiled", f"Code compiles and defines {handler}.", digest)
+    return CodeCheck(
+        False, "HandlerMissing", f"Code does not define a top-level {handler}().", digest
+    )

@@ -1,0 +1,93 @@
+"""Operator settings: one dataclass, each field overridable by ``KUMULUS_<FIELD>``.
+
+The operator reads its configuration once at start-up. Keeping it in a plain dataclass (not in
+kopf's settings object) lets the pure domain logic take it as an argument and lets tests build
+any combination without touching the process environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Configuration of the Flow/Execution operator.
+
+    Every field can be overridden by the environment variable ``KUMULUS_<FIELD NAME UPPER>``,
+    e.g. ``KUMULUS_POD_START_DEADLINE_SECONDS=60``. Lists are comma separated, booleans accept
+    ``true/false/1/0/yes/no``, an empty value of an optional number means "none".
+    """
+
+    runner_image: str = "ghcr.io/kumulus-dev/kumulus-runner:0.1.0"
+    """Image of the execution Pods (runs ``kumulus-runner``); a Flow's ``image`` overrides it."""
+
+    runner_service_account: str = "kumulus-runner"
+    """ServiceAccount of execution Pods unless the Flow or ``podTemplate`` names another."""
+
+    runner_cluster_role: str = "kumulus-runner"
+    """ClusterRole bound to the runner ServiceAccount in every namespace that runs Executions."""
+
+    manage_runner_rbac: bool = True
+    """Ensure the runner ServiceAccount and RoleBinding in a namespace before its first Pod."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means all namespaces."""
+
+    output_limit_bytes: int = 262144
+    """Largest allowed JSON size of ``status.outputs``; bigger outputs fail the Execution."""
+
+    pod_start_deadline_seconds: int = 120
+    """A Pod not running after this many seconds (unschedulable, image pull) fails the attempt."""
+
+    default_ttl_seconds: int | None = None
+    """``ttlSecondsAfterFinished`` for Executions that do not set it; ``None`` keeps them."""
+
+    cancel_grace_seconds: int = 10
+    """Grace period given to a runner Pod deleted because its Execution was cancelled."""
+
+    image_pull_policy: str = "IfNotPresent"
+    """``imagePullPolicy`` of the runner container."""
+
+    worker_limit: int = 200
+    """Maximum number of concurrently processed objects (kopf ``batching.worker_limit``)."""
+
+    requeue_error_seconds: float = 5.0
+    """Delay before reconciling an Execution again after an API error."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build the settings from ``KUMULUS_*`` variables (``os.environ`` by default)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            key = f"KUMULUS_{field.name.upper()}"
+            if key not in env:
+                continue
+            values[field.name] = _parse(field.name, str(field.type), env[key])
+        return cls(**values)
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    text = raw.strip()
+    if type_name == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"KUMULUS_{name.upper()}: expected a boolean, got {raw!r}")
+    if type_name.startswith("tuple"):
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if type_name == "int | None":
+        return int(text) if text else None
+    if type_name == "int":
+        return int(text)
+    if type_name == "float":
+        return float(text)
+    return text

@@ -1,0 +1,212 @@
+"""The runner's only door to the Kubernetes API.
+
+``ApiClient`` is the small interface the runner needs (Executions, their status subresource,
+Flows, Connections and ConfigMaps in one namespace); ``LightkubeClient`` implements it over
+lightkube generic resources with ONE HTTP client, and unit tests put an in-memory fake behind the
+same interface. API errors come out as flow API exceptions, so flows see Cloudomation's types.
+lightkube is imported lazily: a runner that fails before its first request starts faster.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kumulus.runner.errors import EngineException, PermissionDenied, ResourceNotFoundError
+
+if TYPE_CHECKING:
+    from lightkube import Client
+
+Obj = dict[str, Any]
+
+GROUP = "kumulus.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+FIELD_MANAGER = "kumulus-runner"
+
+
+class AlreadyExistsError(EngineException):
+    """The object to create exists already (HTTP 409 on create)."""
+
+
+class ApiRequestError(EngineException):
+    """Any other failed API request."""
+
+
+class ApiClient(Protocol):
+    """What the runner asks of the Kubernetes API, all in the runner's namespace."""
+
+    namespace: str
+
+    def get_execution(self, name: str) -> Obj: ...
+
+    def list_executions(
+        self, *, labels: Mapping[str, str] | None = None, name: str | None = None
+    ) -> tuple[list[Obj], str]:
+        """Return the matching Executions and the list's resourceVersion."""
+        ...
+
+    def watch_executions(
+        self,
+        *,
+        resource_version: str,
+        labels: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> Iterator[tuple[str, Obj]]:
+        """Yield ``(event type, object)`` after ``resource_version``; blocks between events."""
+        ...
+
+    def create_execution(self, body: Obj) -> Obj: ...
+
+    def patch_execution(self, name: str, patch: Obj) -> Obj:
+        """JSON merge patch of the Execution (spec, metadata)."""
+        ...
+
+    def patch_execution_status(self, name: str, patch: Obj) -> Obj:
+        """JSON merge patch through the status subresource."""
+        ...
+
+    def json_patch_execution_status(self, name: str, ops: list[Obj]) -> Obj:
+        """JSON patch (RFC 6902) through the status subresource."""
+        ...
+
+    def get_flow(self, name: str) -> Obj: ...
+
+    def get_connection(self, name: str) -> Obj: ...
+
+    def get_configmap(self, name: str) -> Obj: ...
+
+
+@functools.cache
+def _resources() -> tuple[Any, Any, Any, Any]:
+    """The lightkube resource classes, created once per process (lightkube registers them)."""
+    from lightkube.generic_resource import create_namespaced_resource
+
+    execution = create_namespaced_resource(GROUP, VERSION, "Execution", "executions")
+    flow = create_namespaced_resource(GROUP, VERSION, "Flow", "flows")
+    connection = create_namespaced_resource(GROUP, VERSION, "Connection", "connections")
+    try:  # a generic ConfigMap avoids importing lightkube's large typed models ...
+        configmap: Any = create_namespaced_resource("", "v1", "ConfigMap", "configmaps")
+    except ValueError:  # ... unless they are loaded already (then the typed class is registered)
+        from lightkube.resources.core_v1 import ConfigMap
+
+        configmap = ConfigMap
+    return execution, flow, connection, configmap
+
+
+class LightkubeClient:
+    """``ApiClient`` over lightkube generic resources (in-cluster config or ``KUBECONFIG``)."""
+
+    def __init__(self, namespace: str, client: Client | None = None) -> None:
+        from lightkube import Client
+
+        self.namespace = namespace
+        self._client = client or Client(namespace=namespace, field_manager=FIELD_MANAGER)
+        self._execution, self._flow, self._connection, self._configmap = _resources()
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from lightkube import ApiError
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            code = exc.status.code
+            message = f"Failed to {what}: {exc.status.message}"
+            if code == 404:
+                raise ResourceNotFoundError(message) from None
+            if code == 403:
+                raise PermissionDenied(message) from None
+            if code == 409 and what.startswith("create"):
+                raise AlreadyExistsError(message) from None
+            raise ApiRequestError(message) from None
+
+    @staticmethod
+    def _plain(obj: Any) -> Obj:
+        return dict(obj.to_dict()) if hasattr(obj, "to_dict") else dict(obj)
+
+    def get_execution(self, name: str) -> Obj:
+        obj = self._call(
+            f"get Execution {self.namespace}/{name}", self._client.get, self._execution, name
+        )
+        return self._plain(obj)
+
+    def list_executions(
+        self, *, labels: Mapping[str, str] | None = None, name: str | None = None
+    ) -> tuple[list[Obj], str]:
+        fields = {"metadata.name": name} if name else None
+        result = self._call(
+            f"list Executions in {self.namespace}",
+            self._client.list,
+            self._execution,
+            labels=dict(labels) if labels else None,
+            fields=fields,
+        )
+        items = [self._plain(o) for o in result]
+        return items, str(result.resourceVersion)
+
+    def watch_executions(
+        self,
+        *,
+        resource_version: str,
+        labels: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> Iterator[tuple[str, Obj]]:
+        fields = {"metadata.name": name} if name else None
+        watch: Any = self._client.watch
+        stream = watch(
+            self._execution,
+            labels=dict(labels) if labels else None,
+            fields=fields,
+            resource_version=resource_version,
+            server_timeout=300,
+        )
+        for event, obj in stream:
+            yield event, self._plain(obj)
+
+    def create_execution(self, body: Obj) -> Obj:
+        name = body["metadata"]["name"]
+        obj = self._call(
+            f"create Execution {self.namespace}/{name}",
+            self._client.create,
+            self._execution.from_dict(body),
+        )
+        return self._plain(obj)
+
+    def _patch(self, res: Any, name: str, patch: Any, json_patch: bool = False) -> Obj:
+        from lightkube.types import PatchType
+
+        obj = self._call(
+            f"patch Execution {self.namespace}/{name}",
+            self._client.patch,
+            res,
+            name,
+            patch,
+            patch_type=PatchType.JSON if json_patch else PatchType.MERGE,
+        )
+        return self._plain(obj)
+
+    def patch_execution(self, name: str, patch: Obj) -> Obj:
+        return self._patch(self._execution, name, patch)
+
+    def patch_execution_status(self, name: str, patch: Obj) -> Obj:
+        return self._patch(self._execution.Status, name, patch)
+
+    def json_patch_execution_status(self, name: str, ops: list[Obj]) -> Obj:
+        return self._patch(self._execution.Status, name, ops, json_patch=True)
+
+    def get_flow(self, name: str) -> Obj:
+        obj = self._call(f"get Flow {self.namespace}/{name}", self._client.get, self._flow, name)
+        return self._plain(obj)
+
+    def get_connection(self, name: str) -> Obj:
+        obj = self._call(
+            f"get Connection {self.namespace}/{name}", self._client.get, self._connection, name
+        )
+        return self._plain(obj)
+
+    def get_configmap(self, name: str) -> Obj:
+        obj = self._call(
+            f"get ConfigMap {self.namespace}/{name}", self._client.get, self._configmap, name
+        )
+        return self._plain(obj)

@@ -1,0 +1,513 @@
+"""The Execution state machine: every row of the transition table and the bad endings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kumulus.domain import lifecycle as lc
+from kumulus.domain.outcome import PodView
+from kumulus.domain.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+SETTINGS = Settings(pod_start_deadline_seconds=120)
+FLOW = {"metadata": {"name": "f", "generation": 1}, "spec": {"code": "def handler(s, t): pass"}}
+
+
+def ts(seconds_ago: float) -> str:
+    return (NOW - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def exe(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    base_spec: dict[str, Any] = {"type": "FLOW", "flowRef": {"name": "f"}}
+    base_spec.update(spec)
+    return {
+        "apiVersion": "kumulus.dev/v1alpha1",
+        "kind": "Execution",
+        "metadata": {"name": "ex", "namespace": "ns", "uid": "u", "generation": 1},
+        "spec": base_spec,
+        "status": status or {},
+    }
+
+
+def started(phase: str = "Pending", attempts: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "phase": phase,
+        "attempts": attempts,
+        "podName": f"ex-a{attempts}",
+        "startTime": ts(60),
+        **extra,
+    }
+
+
+def pod(phase: str = "Running", attempt: int = 1, **kw: Any) -> PodView:
+    return PodView(name=f"ex-a{attempt}", phase=phase, created=NOW - timedelta(seconds=5), **kw)
+
+
+def decide(
+    execution: dict[str, Any],
+    p: PodView | None = None,
+    children: list[lc.ChildView] | None = None,
+    flow: dict[str, Any] | None = FLOW,
+    settings: Settings = SETTINGS,
+) -> list[lc.Action]:
+    return lc.decide(execution, p, children or [], NOW, flow=flow, settings=settings)
+
+
+def rule(
+    execution: dict[str, Any],
+    p: PodView | None = None,
+    children: list[lc.ChildView] | None = None,
+    flow: dict[str, Any] | None = FLOW,
+) -> str | None:
+    ctx = lc.Ctx(execution, p, children or [], flow, NOW, SETTINGS)
+    t = lc.select(ctx)
+    return t.name if t else None
+
+
+def status_patch(actions: list[lc.Action]) -> dict[str, Any]:
+    patches = [a for a in actions if isinstance(a, lc.PatchStatus)]
+    assert len(patches) == 1, actions
+    return patches[0].patch
+
+
+def cond(patch: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in patch["conditions"] if c["type"] == type_)
+
+
+def of(actions: list[lc.Action], kind: type) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+# ---------------------------------------------------------------- start / hold
+
+
+def test_start_creates_pod_and_one_status_patch() -> None:
+    actions = decide(exe())
+    [create] = of(actions, lc.CreatePod)
+    assert create.manifest["metadata"]["name"] == "ex-a1"
+    patch = status_patch(actions)
+    assert patch["phase"] == "Pending"
+    assert patch["attempts"] == 1
+    assert patch["podName"] == "ex-a1"
+    assert patch["startTime"] == "2025-01-01T12:00:00Z"
+    assert cond(patch, "Started")["status"] == "True"
+    assert [e.reason for e in of(actions, lc.EmitEvent)] == ["CreatedPod"]
+    assert of(actions, lc.Requeue) == [lc.Requeue(120.0)]
+    assert isinstance(actions[0], lc.CreatePod)  # Pod first: a crash leaves an adoptable Pod
+
+
+def test_run_false_holds_pending_without_pod() -> None:
+    actions = decide(exe(run=False))
+    assert not of(actions, lc.CreatePod)
+    patch = status_patch(actions)
+    assert patch["phase"] == "Pending"
+    assert cond(patch, "Started") | {"status": "False", "reason": "NotStarted"} == cond(
+        patch, "Started"
+    )
+
+
+def test_hold_is_not_repeated() -> None:
+    held = exe(run=False)
+    patch = status_patch(decide(held))
+    held["status"] = patch
+    assert decide(held) == []
+
+
+def test_run_true_after_hold_starts() -> None:
+    held = exe(run=False)
+    held["status"] = status_patch(decide(held))
+    held["spec"]["run"] = True
+    assert rule(held) == "start"
+
+
+def test_paused_before_start_holds_with_reason_paused() -> None:
+    held = exe(run=False)
+    held["status"] = status_patch(decide(held))
+    held["spec"]["run"] = True
+    held["spec"]["desiredState"] = "Paused"
+    assert rule(held) == "hold"
+    assert cond(status_patch(decide(held)), "Started")["reason"] == "Paused"
+
+
+def test_script_needs_no_flow() -> None:
+    actions = decide(exe(type="SCRIPT", flowRef=None, script="print(1)"), flow=None)
+    assert of(actions, lc.CreatePod)
+
+
+def test_connection_is_left_to_its_executor() -> None:
+    assert decide(exe(type="TASK", flowRef=None, connection={"type": "REST"}), flow=None) == []
+
+
+# ---------------------------------------------------------------- pre-start failures
+
+
+def test_invalid_inputs_fail_without_pod() -> None:
+    flow = {**FLOW, "spec": {"inputSchema": {"type": "object", "required": ["n"]}}}
+    actions = decide(exe(inputs={}), flow=flow)
+    assert not of(actions, lc.CreatePod)
+    patch = status_patch(actions)
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Finished")["reason"] == "InvalidInputs"
+    assert "'n' is a required property" in patch["statusMessage"]
+
+
+def test_valid_inputs_start() -> None:
+    flow = {**FLOW, "spec": {"inputSchema": {"type": "object", "required": ["n"]}}}
+    assert rule(exe(inputs={"n": 1}), flow=flow) == "start"
+
+
+def test_missing_flow_fails() -> None:
+    patch = status_patch(decide(exe(), flow=None))
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Finished")["reason"] == "FlowNotFound"
+
+
+def test_flow_not_ready_fails() -> None:
+    flow = {
+        "metadata": {"generation": 2},
+        "spec": {},
+        "status": {
+            "observedGeneration": 2,
+            "conditions": [{"type": "Ready", "status": "False", "message": "Line 3: bad"}],
+        },
+    }
+    patch = status_patch(decide(exe(), flow=flow))
+    assert cond(patch, "Finished")["reason"] == "FlowNotReady"
+    assert "Line 3" in patch["statusMessage"]
+
+
+# ---------------------------------------------------------------- running
+
+
+def test_pod_pending_requeues_until_the_start_deadline() -> None:
+    actions = decide(exe(started()), pod("Pending"))
+    assert actions == [lc.Requeue(115.0)]
+
+
+@pytest.mark.parametrize(
+    ("state", "phase"), [(None, "Running"), ("running", "Running"), ("waiting", "Waiting")]
+)
+def test_pod_running_maps_runner_state(state: str | None, phase: str) -> None:
+    status = started()
+    if state:
+        status["runner"] = {"attempt": 1, "state": state}
+    actions = decide(exe(status), pod("Running", running=True))
+    assert status_patch(actions)["phase"] == phase
+    assert [e.reason for e in of(actions, lc.EmitEvent)] == ["Started"]
+
+
+def test_runner_state_paused_and_resumed() -> None:
+    status = started("Running", runner={"attempt": 1, "state": "paused"})
+    actions = decide(exe(status), pod("Running"))
+    assert status_patch(actions)["phase"] == "Paused"
+    status = started("Paused", runner={"attempt": 1, "state": "running"})
+    actions = decide(exe(status), pod("Running"))
+    assert status_patch(actions)["phase"] == "Running"
+    assert [e.reason for e in of(actions, lc.EmitEvent)] == ["Resumed"]
+
+
+def test_runner_report_of_an_older_attempt_is_ignored() -> None:
+    status = started("Running", attempts=2, runner={"attempt": 1, "state": "waiting"})
+    assert decide(exe(status), pod("Running", attempt=2)) == []
+
+
+def test_steady_running_does_nothing() -> None:
+    status = started("Running", runner={"attempt": 1, "state": "running"})
+    assert decide(exe(status), pod("Running")) == []
+
+
+# ---------------------------------------------------------------- endings
+
+
+def test_exit_0_succeeds() -> None:
+    status = started(
+        "Running", runner={"attempt": 1, "state": "ended", "result": {"message": "done"}}
+    )
+    actions = decide(exe(status), pod("Succeeded", exit_code=0))
+    patch = status_patch(actions)
+    assert patch["phase"] == "Succeeded"
+    assert patch["statusMessage"] == "done"
+    assert patch["endTime"] == "2025-01-01T12:00:00Z"
+    assert patch["duration"] == "1m0s"
+    assert cond(patch, "Finished")["status"] == "True"
+    assert [e.reason for e in of(actions, lc.EmitEvent)] == ["Succeeded"]
+
+
+def test_exit_1_fails_with_runner_message() -> None:
+    runner = {"attempt": 1, "state": "ended", "result": {"message": "boom", "traceback": "TB"}}
+    patch = status_patch(decide(exe(started("Running", runner=runner)), pod("Failed", exit_code=1)))
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Finished")["reason"] == "FlowError"
+    assert "boom" in patch["statusMessage"] and "TB" in patch["statusMessage"]
+
+
+def test_exit_2_is_a_runner_error() -> None:
+    patch = status_patch(decide(exe(started("Running")), pod("Failed", exit_code=2)))
+    assert cond(patch, "Finished")["reason"] == "RunnerError"
+
+
+def test_exit_3_is_cancelled() -> None:
+    patch = status_patch(decide(exe(started("Running")), pod("Failed", exit_code=3)))
+    assert patch["phase"] == "Cancelled"
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"reason": "DeadlineExceeded", "exit_code": 137}, "DeadlineExceeded"),
+        ({"reason": "Evicted", "message": "low memory"}, "Evicted"),
+        ({"exit_code": 137, "terminated_reason": "OOMKilled"}, "OOMKilled"),
+        ({"exit_code": 128, "terminated_reason": "StartError"}, "StartError"),
+        ({"exit_code": 143, "signal": 15}, "PodFailed"),
+    ],
+)
+def test_bad_endings(kw: dict[str, Any], reason: str) -> None:
+    patch = status_patch(decide(exe(started("Running"), timeoutSeconds=5), pod("Failed", **kw)))
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Finished")["reason"] == reason
+    assert patch["statusMessage"]
+
+
+def test_deadline_message_names_the_timeout() -> None:
+    p = pod("Failed", reason="DeadlineExceeded")
+    patch = status_patch(decide(exe(started("Running"), timeoutSeconds=5), p))
+    assert "5s" in patch["statusMessage"]
+
+
+def test_pod_deleted_under_running_execution() -> None:
+    patch = status_patch(decide(exe(started("Running")), None))
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Finished")["reason"] == "PodDeleted"
+
+
+def test_pod_being_deleted_under_running_execution() -> None:
+    patch = status_patch(decide(exe(started("Running")), pod("Running", deleting=True)))
+    assert cond(patch, "Finished")["reason"] == "PodDeleted"
+
+
+def test_pod_start_timeout_includes_waiting_reason_and_deletes_pod() -> None:
+    p = PodView(
+        name="ex-a1",
+        phase="Pending",
+        created=NOW - timedelta(seconds=121),
+        waiting_reason="ErrImagePull",
+        waiting_message="no command",
+    )
+    actions = decide(exe(started()), p)
+    assert of(actions, lc.DeletePod) == [lc.DeletePod("ex-a1", 0)]
+    patch = status_patch(actions)
+    assert cond(patch, "Finished")["reason"] == "PodStartTimeout"
+    assert "ErrImagePull" in patch["statusMessage"]
+
+
+def test_outputs_over_the_limit_fail() -> None:
+    status = started("Running", outputs={"x": "y" * 300})
+    settings = Settings(output_limit_bytes=100)
+    patch = status_patch(decide(exe(status), pod("Succeeded", exit_code=0), settings=settings))
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Finished")["reason"] == "OutputTooLarge"
+
+
+def test_finished_execution_is_left_alone() -> None:
+    status = started("Succeeded", endTime=ts(1))
+    assert decide(exe(status), pod("Succeeded", exit_code=0)) == []
+
+
+# ---------------------------------------------------------------- retries
+
+
+def retrying(limit: int = 2) -> dict[str, Any]:
+    return exe(started("Running"), retry={"limit": limit, "backoffSeconds": 4, "factor": 3})
+
+
+def test_failed_attempt_schedules_retry() -> None:
+    actions = decide(retrying(), pod("Failed", exit_code=1))
+    patch = status_patch(actions)
+    assert patch["phase"] == "Pending"
+    assert patch["nextRetryTime"] == "2025-01-01T12:00:04Z"
+    assert of(actions, lc.Requeue) == [lc.Requeue(4.0)]
+    assert [e.reason for e in of(actions, lc.EmitEvent)] == ["Retrying"]
+    assert not of(actions, lc.CreatePod)
+
+
+def test_second_retry_backs_off_by_factor() -> None:
+    ex = retrying()
+    ex["status"] = started("Running", attempts=2)
+    patch = status_patch(decide(ex, pod("Failed", attempt=2, exit_code=1)))
+    assert patch["nextRetryTime"] == "2025-01-01T12:00:12Z"
+
+
+def test_retry_waits_then_starts_next_attempt() -> None:
+    ex = retrying()
+    ex["status"] = started("Pending", nextRetryTime=ts(-3))
+    assert decide(ex, pod("Failed", exit_code=1)) == [lc.Requeue(3.0)]
+    ex["status"]["nextRetryTime"] = ts(0)
+    actions = decide(ex, pod("Failed", exit_code=1))
+    [create] = of(actions, lc.CreatePod)
+    assert create.manifest["metadata"]["name"] == "ex-a2"
+    patch = status_patch(actions)
+    assert patch["attempts"] == 2
+    assert patch["nextRetryTime"] is None
+    assert "startTime" not in patch
+
+
+def test_last_attempt_failure_is_final() -> None:
+    ex = retrying(limit=2)
+    ex["status"] = started("Running", attempts=3)
+    patch = status_patch(decide(ex, pod("Failed", attempt=3, exit_code=1)))
+    assert patch["phase"] == "Failed"
+
+
+def test_runner_errors_are_not_retried() -> None:
+    patch = status_patch(decide(retrying(), pod("Failed", exit_code=2)))
+    assert patch["phase"] == "Failed"
+
+
+def test_deleted_pod_is_retried_when_retries_are_left() -> None:
+    assert rule(retrying(), None) == "retry-scheduled"
+
+
+# ---------------------------------------------------------------- cancel
+
+
+def test_cancel_before_start() -> None:
+    actions = decide(exe(desiredState="Cancelled"))
+    assert not of(actions, lc.CreatePod)
+    assert status_patch(actions)["phase"] == "Cancelled"
+
+
+def test_cancel_during_retry_backoff() -> None:
+    ex = retrying()
+    ex["status"] = started("Pending", nextRetryTime=ts(-30))
+    ex["spec"]["desiredState"] = "Cancelled"
+    assert rule(ex, pod("Failed", exit_code=1)) == "cancel-unstarted"
+
+
+def test_cancel_running_deletes_pod_and_cancels_children() -> None:
+    children = [
+        lc.ChildView("c1", "FLOW", "Running", "Running"),
+        lc.ChildView("c2", "FLOW", "Succeeded", "Running"),
+        lc.ChildView("c3", "SCRIPT", "Pending", "Cancelled"),
+    ]
+    ex = exe(started("Running"), desiredState="Cancelled")
+    actions = decide(ex, pod("Running"), children)
+    assert of(actions, lc.DeletePod) == [lc.DeletePod("ex-a1", 10)]
+    assert of(actions, lc.PatchChild) == [lc.PatchChild("c1", {"desiredState": "Cancelled"})]
+
+
+def test_cancelled_once_pod_terminates() -> None:
+    ex = exe(started("Running"), desiredState="Cancelled")
+    patch = status_patch(decide(ex, pod("Running", deleting=True)))
+    assert patch["phase"] == "Cancelled"
+    patch = status_patch(decide(ex, None))
+    assert patch["phase"] == "Cancelled"
+
+
+def test_success_racing_cancel_keeps_success() -> None:
+    ex = exe(started("Running"), desiredState="Cancelled")
+    assert status_patch(decide(ex, pod("Succeeded", exit_code=0)))["phase"] == "Succeeded"
+
+
+# ---------------------------------------------------------------- children + ttl
+
+
+def test_children_summary_is_patched_when_it_changes() -> None:
+    status = started("Running", runner={"attempt": 1, "state": "waiting"})
+    status["phase"] = "Waiting"
+    children = [
+        lc.ChildView("b", "SCRIPT", "Running", "Running"),
+        lc.ChildView("a", "FLOW", "Pending", "Running"),
+    ]
+    actions = decide(exe(status), pod("Running"), children)
+    assert status_patch(actions) == {
+        "children": [
+            {"name": "a", "type": "FLOW", "phase": "Pending"},
+            {"name": "b", "type": "SCRIPT", "phase": "Running"},
+        ]
+    }
+    status["children"] = status_patch(actions)["children"]
+    assert decide(exe(status), pod("Running"), children) == []
+
+
+def test_children_summary_rides_along_a_transition() -> None:
+    children = [lc.ChildView("a", "FLOW", "Succeeded", "Running")]
+    actions = decide(exe(started("Running")), pod("Succeeded", exit_code=0), children)
+    patch = status_patch(actions)
+    assert patch["phase"] == "Succeeded"
+    assert patch["children"] == [{"name": "a", "type": "FLOW", "phase": "Succeeded"}]
+
+
+def test_ttl_waits_then_deletes() -> None:
+    ex = exe(started("Succeeded", endTime=ts(10)), ttlSecondsAfterFinished=30)
+    assert rule(ex) == "ttl-wait"
+    assert decide(ex) == [lc.Requeue(20.0)]
+    ex["status"]["endTime"] = ts(31)
+    assert decide(ex) == [lc.DeleteExecution()]
+
+
+def test_default_ttl_from_settings() -> None:
+    ex = exe(started("Failed", endTime=ts(100)))
+    actions = lc.decide(ex, None, [], NOW, flow=FLOW, settings=Settings(default_ttl_seconds=60))
+    assert actions == [lc.DeleteExecution()]
+
+
+def test_finishing_requeues_for_ttl() -> None:
+    ex = exe(started("Running"), ttlSecondsAfterFinished=30)
+    assert lc.Requeue(30.0) in decide(ex, pod("Succeeded", exit_code=0))
+
+
+def _scenarios() -> dict[str, tuple[dict[str, Any], PodView | None, dict[str, Any] | None]]:
+    retry = {"limit": 2, "backoffSeconds": 4}
+    schema_flow = {**FLOW, "spec": {"inputSchema": {"type": "object", "required": ["n"]}}}
+    bad_flow = {
+        "metadata": {"generation": 1},
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "False", "message": "Line 1: x"}],
+        },
+    }
+    return {
+        "ttl-expired": (
+            exe(started("Failed", endTime=ts(9)), ttlSecondsAfterFinished=5),
+            None,
+            FLOW,
+        ),
+        "ttl-wait": (exe(started("Failed", endTime=ts(1)), ttlSecondsAfterFinished=5), None, FLOW),
+        "connection-skip": (exe(type="CONNECTION", connection={"type": "REST"}), None, None),
+        "cancel-unstarted": (exe(desiredState="Cancelled"), None, FLOW),
+        "cancel-running": (exe(started("Running"), desiredState="Cancelled"), pod(), FLOW),
+        "cancelled": (exe(started("Running"), desiredState="Cancelled"), None, FLOW),
+        "retry-scheduled": (exe(started("Running"), retry=retry), pod("Failed", exit_code=1), FLOW),
+        "failed": (exe(started("Running")), pod("Failed", exit_code=1), FLOW),
+        "succeeded": (exe(started("Running")), pod("Succeeded", exit_code=0), FLOW),
+        "ended-cancelled": (exe(started("Running")), pod("Failed", exit_code=3), FLOW),
+        "retry-wait": (
+            exe(started(nextRetryTime=ts(-5)), retry=retry),
+            pod("Failed", exit_code=1),
+            FLOW,
+        ),
+        "invalid-inputs": (exe(inputs={}), None, schema_flow),
+        "flow-not-found": (exe(), None, None),
+        "flow-not-ready": (exe(), None, bad_flow),
+        "start": (exe(), None, FLOW),
+        "hold": (exe(run=False), None, FLOW),
+        "pod-pending": (exe(started()), pod("Pending"), FLOW),
+        "pod-running": (exe(started()), pod("Running"), FLOW),
+    }
+
+
+def test_scenarios_cover_the_whole_table() -> None:
+    assert set(_scenarios()) == {t.name for t in lc.TRANSITIONS}
+
+
+@pytest.mark.parametrize("name", [t.name for t in lc.TRANSITIONS])
+def test_each_transition_fires_on_its_scenario(name: str) -> None:
+    execution, p, flow = _scenarios()[name]
+    assert rule(execution, p, flow=flow) == name
+    # The same decision applied twice is stable: deciding is a pure function.
+    assert decide(execution, p, flow=flow) == decide(execution, p, flow=flow)

@@ -1,0 +1,337 @@
+"""Child executions: creation, joins, return_when, run=False, pause/cancel, waiting state."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from kumulus.runner.engine import ReturnWhen, evaluate_wait
+from kumulus.runner.fake import FakeClient
+from kumulus.runner.main import run
+
+pytestmark = pytest.mark.unit
+
+ENV = {"KUMULUS_EXECUTION": "parent", "KUMULUS_NAMESPACE": "default", "KUMULUS_ATTEMPT": "1"}
+Hook = Callable[[FakeClient, dict[str, Any]], None]
+
+
+def finish_in_background(phase: str = "Succeeded", **status: Any) -> Hook:
+    """Play the operator: end every started child from another thread."""
+
+    def hook(fake: FakeClient, obj: dict[str, Any]) -> None:
+        if obj["spec"].get("run") is False:
+            return
+        name = obj["metadata"]["name"]
+        outputs = {"child": name, **(obj["spec"].get("inputs") or {})}
+        threading.Thread(
+            target=fake.update_status,
+            args=(name,),
+            kwargs={"phase": phase, "outputs": outputs, **status},
+        ).start()
+
+    return hook
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeClient]:
+    client = FakeClient(on_create=finish_in_background(), on_patch=finish_in_background())
+    yield client
+    client.close()
+
+
+def run_parent(fake: FakeClient, code: str, watch_self: bool = False) -> tuple[int, dict[str, Any]]:
+    fake.add_flow("parent", code)
+    fake.add_flow("child", "def handler(s, t):\n    pass\n")
+    fake.add_execution(
+        "parent", {"type": "FLOW", "flowRef": {"name": "parent"}, "mode": "development"}
+    )
+    rc = run(ENV, fake, out=io.StringIO(), watch_self=watch_self)
+    return rc, fake.executions["parent"].get("status") or {}
+
+
+def test_sync_child_is_created_owned_and_its_outputs_are_read(fake: FakeClient) -> None:
+    rc, status = run_parent(
+        fake,
+        "def handler(system, this):\n"
+        "    child = this.flow('child', inputs={'a': 1}, b=2, name='The child')\n"
+        "    assert child.get('status') == 'ENDED_SUCCESS'\n"
+        "    this.save(output_value=child.get('output_value'))\n",
+    )
+    assert rc == 0, status["runner"]["result"]
+    assert status["outputs"] == {"child": "parent-1-1", "a": 1, "b": 2}
+    body = next(c[2] for c in fake.calls if c[0] == "create_execution")
+    assert body["metadata"]["name"] == "parent-1-1"
+    assert body["metadata"]["labels"]["kumulus.dev/parent"] == "parent"
+    assert body["metadata"]["annotations"]["kumulus.dev/display-name"] == "The child"
+    owner = body["metadata"]["ownerReferences"][0]
+    assert owner == {
+        "apiVersion": "kumulus.dev/v1alpha1",
+        "kind": "Execution",
+        "name": "parent",
+        "uid": "uid-parent",
+        "controller": True,
+    }
+    assert body["spec"] == {
+        "type": "FLOW",
+        "flowRef": {"name": "child"},
+        "inputs": {"a": 1, "b": 2},
+        "run": True,
+        "mode": "development",
+    }
+
+
+def test_ten_async_children_joined_with_wait_for(fake: FakeClient) -> None:
+    rc, status = run_parent(
+        fake,
+        "def handler(system, this):\n"
+        "    children = [this.flow('child', i=i, wait=False) for i in range(10)]\n"
+        "    ended = this.wait_for(*children)\n"
+        "    this.save(output_value={'sum': sum(c.get('output_value')['i'] for c in ended)})\n",
+    )
+    assert rc == 0, status["runner"]["result"]
+    assert status["outputs"] == {"sum": 45}
+    names = [c[1] for c in fake.calls if c[0] == "create_execution"]
+    assert names == [f"parent-1-{i}" for i in range(1, 11)]
+
+
+def test_failing_child_raises_dependency_failed_error(fake: FakeClient) -> None:
+    fake.on_create = finish_in_background("Failed", statusMessage="ValueError: nope")
+    rc, status = run_parent(
+        fake,
+        "import flow_api\n"
+        "def handler(system, this):\n"
+        "    try:\n"
+        "        this.flow('child')\n"
+        "    except flow_api.DependencyFailedError as exc:\n"
+        "        this.success(str(exc))\n"
+        "    this.error('not raised')\n",
+    )
+    assert rc == 0
+    message = status["runner"]["result"]["message"]
+    assert "default/parent-1-1" in message
+    assert "ENDED_ERROR" in message
+    assert "ValueError: nope" in message
+
+
+def test_all_ended_does_not_raise(fake: FakeClient) -> None:
+    fake.on_create = finish_in_background("Cancelled")
+    rc, status = run_parent(
+        fake,
+        "def handler(system, this):\n"
+        "    child = this.flow('child', wait=system.return_when.ALL_ENDED)\n"
+        "    this.success(child.get('status'))\n",
+    )
+    assert rc == 0
+    assert status["runner"]["result"]["message"] == "ENDED_CANCELLED"
+
+
+def test_unhandled_dependency_failure_fails_the_parent(fake: FakeClient) -> None:
+    fake.on_create = finish_in_background("Failed")
+    rc, status = run_parent(fake, "def handler(system, this):\n    this.flow('child')\n")
+    assert rc == 1
+    assert "DependencyFailedError" in status["runner"]["result"]["traceback"]
+
+
+def test_run_false_then_run(fake: FakeClient) -> None:
+    rc, status = run_parent(
+        fake,
+        "def handler(system, this):\n"
+        "    child = this.flow('child', run=False)\n"
+        "    assert child.get('status') == 'PENDING'\n"
+        "    child.run()\n"
+        "    assert child.get('status') == 'ENDED_SUCCESS'\n"
+        "    assert child.run() is child\n",
+    )
+    assert rc == 0, status["runner"]["result"]
+    body = next(c[2] for c in fake.calls if c[0] == "create_execution")
+    assert body["spec"]["run"] is False
+    patches = [c[2] for c in fake.calls if c[0] == "patch_execution"]
+    assert patches == [{"spec": {"run": True}}]
+
+
+def test_pause_cancel_and_resume_children(fake: FakeClient) -> None:
+    fake.on_create = None
+    fake.on_patch = None
+    rc, status = run_parent(
+        fake,
+        "def handler(system, this):\n"
+        "    a = this.flow('child', wait=False)\n"
+        "    b = this.flow('child', wait=False)\n"
+        "    a.pause()\n"
+        "    b.cancel()\n"
+        "    a.run_async()\n",
+    )
+    assert rc == 0, status["runner"]["result"]
+    patches = [(c[1], c[2]) for c in fake.calls if c[0] == "patch_execution"]
+    assert patches == [
+        ("parent-1-1", {"spec": {"desiredState": "Paused"}}),
+        ("parent-1-2", {"spec": {"desiredState": "Cancelled"}}),
+        ("parent-1-1", {"spec": {"desiredState": "Running"}}),
+    ]
+
+
+def test_waiting_is_reported_while_joined(fake: FakeClient) -> None:
+    fake.on_create = None
+
+    def operator() -> None:
+        fake.wait_until(
+            "parent", lambda o: o.get("status", {}).get("runner", {}).get("state") == "waiting"
+        )
+        fake.update_status("parent-1-1", phase="Succeeded")
+
+    driver = threading.Thread(target=operator)
+    driver.start()
+    rc, status = run_parent(fake, "def handler(system, this):\n    this.flow('child')\n")
+    driver.join()
+    assert rc == 0, status["runner"]["result"]
+    assert fake.runner_states("parent") == ["running", "waiting", "running", "ended"]
+
+
+def test_wait_timeout_raises_dependency_timeout(fake: FakeClient) -> None:
+    fake.on_create = None
+    rc, status = run_parent(
+        fake,
+        "import flow_api\n"
+        "def handler(system, this):\n"
+        "    child = this.flow('child', wait=False)\n"
+        "    try:\n"
+        "        child.wait(timeout=0.05)\n"
+        "    except flow_api.DependencyTimeoutError:\n"
+        "        this.success('timed out')\n",
+    )
+    assert rc == 0
+    assert status["runner"]["result"]["message"] == "timed out"
+
+
+def test_first_ended_returns_the_ended_children(fake: FakeClient) -> None:
+    fake.on_create = None
+
+    def operator() -> None:
+        fake.wait_until("parent-1-2", lambda o: True)
+        fake.update_status("parent-1-2", phase="Succeeded")
+
+    driver = threading.Thread(target=operator)
+    driver.start()
+    rc, status = run_parent(
+        fake,
+        "def handler(system, this):\n"
+        "    a = this.flow('child', wait=False)\n"
+        "    b = this.flow('child', wait=False)\n"
+        "    ended = this.wait_for(a, b, return_when=system.return_when.FIRST_ENDED)\n"
+        "    this.success(','.join(e.get('id') for e in ended))\n",
+    )
+    driver.join()
+    assert rc == 0
+    assert status["runner"]["result"]["message"] == "parent-1-2"
+
+
+def test_existing_child_of_ours_is_adopted(fake: FakeClient) -> None:
+    fake.on_create = None
+    fake.executions["parent-1-1"] = {
+        "metadata": {"name": "parent-1-1", "ownerReferences": [{"uid": "uid-parent"}]},
+        "spec": {"type": "FLOW", "flowRef": {"name": "child"}},
+        "status": {"phase": "Succeeded", "outputs": {"old": True}},
+    }
+    rc, status = run_parent(
+        fake,
+        "def handler(system, this):\n"
+        "    this.success(str(this.flow('child').get('output_value')))\n",
+    )
+    assert rc == 0, status["runner"]["result"]
+    assert status["runner"]["result"]["message"] == "{'old': True}"
+
+
+def test_existing_foreign_execution_is_not_adopted(fake: FakeClient) -> None:
+    fake.executions["parent-1-1"] = {
+        "metadata": {"name": "parent-1-1", "ownerReferences": [{"uid": "someone-else"}]},
+        "spec": {"type": "FLOW"},
+    }
+    rc, status = run_parent(fake, "def handler(system, this):\n    this.flow('child')\n")
+    assert rc == 1
+    assert "is not a child of" in status["runner"]["result"]["message"]
+
+
+def test_connect_task_and_script_children(fake: FakeClient) -> None:
+    rc, status = run_parent(
+        fake,
+        "def handler(system, this):\n"
+        "    this.connect('db', fetchval='SELECT 1')\n"
+        "    this.connect(connector_type='REST', url='http://x')\n"
+        "    this.task('REST', url='http://y')\n"
+        "    this.script('def handler(s, t):\\n    pass\\n', inputs={'q': 1})\n",
+    )
+    assert rc == 0, status["runner"]["result"]
+    specs = [c[2]["spec"] for c in fake.calls if c[0] == "create_execution"]
+    assert specs[0]["connection"] == {"name": "db", "inputs": {"fetchval": "SELECT 1"}}
+    assert specs[1]["connection"] == {"type": "REST", "inputs": {"url": "http://x"}}
+    assert specs[2]["connection"] == {"type": "REST", "inputs": {"url": "http://y"}}
+    assert {s["type"] for s in specs[:3]} == {"CONNECTION"}
+    assert specs[3]["type"] == "SCRIPT" and specs[3]["inputs"] == {"q": 1}
+
+
+def test_own_pause_blocks_until_resumed(fake: FakeClient) -> None:
+    def user() -> None:
+        fake.wait_until(
+            "parent", lambda o: o.get("status", {}).get("runner", {}).get("state") == "paused"
+        )
+        fake.update_spec("parent", desiredState="Running")
+
+    driver = threading.Thread(target=user)
+    driver.start()
+    rc, status = run_parent(
+        fake,
+        "def handler(system, this):\n    this.pause()\n    this.save(message='resumed')\n",
+        watch_self=True,
+    )
+    driver.join()
+    assert rc == 0, status["runner"]["result"]
+    assert status["message"] == "resumed"
+    assert fake.runner_states("parent") == ["running", "paused", "running", "ended"]
+
+
+def test_paused_execution_blocks_until_resumed(fake: FakeClient) -> None:
+    fake.add_flow("parent", "def handler(system, this):\n    this.save(message='ran')\n")
+    fake.add_execution(
+        "parent", {"type": "FLOW", "flowRef": {"name": "parent"}, "desiredState": "Paused"}
+    )
+
+    def user() -> None:
+        fake.wait_until(
+            "parent", lambda o: o.get("status", {}).get("runner", {}).get("state") == "paused"
+        )
+        assert fake.executions["parent"]["status"].get("message") is None
+        fake.update_spec("parent", desiredState="Running")
+
+    driver = threading.Thread(target=user)
+    driver.start()
+    rc = run(ENV, fake, out=io.StringIO(), watch_self=True)
+    driver.join()
+    assert rc == 0
+    assert fake.executions["parent"]["status"]["message"] == "ran"
+    assert fake.runner_states("parent") == ["running", "paused", "running", "ended"]
+
+
+@pytest.mark.parametrize(
+    ("phases", "return_when", "done", "failed"),
+    [
+        (["Succeeded", "Running"], ReturnWhen.ALL_SUCCEEDED, False, False),
+        (["Succeeded", "Succeeded"], ReturnWhen.ALL_SUCCEEDED, True, False),
+        (["Failed", "Running"], ReturnWhen.ALL_SUCCEEDED, True, True),
+        (["Failed", "Running"], ReturnWhen.ALL_ENDED, False, False),
+        (["Failed", "Cancelled"], ReturnWhen.ALL_ENDED, True, False),
+        (["Running", None], ReturnWhen.FIRST_ENDED, False, False),
+        (["Running", "Failed"], ReturnWhen.FIRST_ENDED, True, False),
+        ([], ReturnWhen.FIRST_ENDED, True, False),
+    ],
+)
+def test_return_when_logic(
+    phases: list[str | None], return_when: ReturnWhen, done: bool, failed: bool
+) -> None:
+    objs = [None if p is None else {"status": {"phase": p}} for p in phases]
+    got_done, got_failed = evaluate_wait(objs, return_when)
+    assert got_done is done
+    assert (got_failed is not None) is failed

@@ -374,3 +374,18 @@ def test_latency_of_a_trivial_flow(
         f"\nLatency: Execution created -> Pod exists {pod_seen - created:.2f}s, "
         f"-> Succeeded {done - created:.2f}s (kubectl polling, ~0.1s resolution)"
     )
+
+
+def test_execution_created_before_its_flow_waits_for_it(
+    operator: Operator, namespace: str, apply: Apply, wait_phase: WaitPhase, kubectl: Kubectl
+) -> None:
+    # `kubectl apply -f dir/` applies execution.yaml before flow.yaml: the order must not matter.
+    apply(execution("early-1", flowRef={"name": "late"}, inputs={"name": "order"}), namespace)
+    ex = wait_phase("early-1", namespace, ("Pending",))
+    started = next(c for c in ex["status"].get("conditions") or [] if c["type"] == "Started")
+    assert started["reason"] == "FlowNotFound"
+    assert pods_of(kubectl, namespace, "early-1") == []
+    apply(flow("late", HELLO), namespace)
+    ex = wait_phase("early-1", namespace, ("Succeeded", "Failed"))
+    assert ex["status"]["phase"] == "Succeeded", ex["status"]
+    assert ex["status"]["outputs"] == {"greeting": "hello order"}

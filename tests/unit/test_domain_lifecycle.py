@@ -161,10 +161,30 @@ def test_valid_inputs_start() -> None:
     assert rule(exe(inputs={"n": 1}), flow=flow) == "start"
 
 
-def test_missing_flow_fails() -> None:
-    patch = status_patch(decide(exe(), flow=None))
-    assert patch["phase"] == "Failed"
-    assert cond(patch, "Finished")["reason"] == "FlowNotFound"
+def old_exe(seconds_ago: float, **spec: Any) -> dict[str, Any]:
+    execution = exe(**spec)
+    execution["metadata"]["creationTimestamp"] = ts(seconds_ago)
+    return execution
+
+
+def test_missing_flow_waits_then_fails() -> None:
+    # A young Execution waits for its Flow (kubectl apply -f dir/ creates them in any order).
+    actions = decide(old_exe(5), flow=None)
+    patch = status_patch(actions)
+    assert patch["phase"] == "Pending"
+    assert cond(patch, "Started")["reason"] == "FlowNotFound"
+    assert any(isinstance(a, lc.Requeue) and a.after <= 1.0 for a in actions)
+    assert not any(isinstance(a, lc.CreatePod) for a in actions)
+    # Once it waits already, a repeated decision does not write status again, only requeues.
+    waiting = old_exe(6)
+    waiting["status"] = {"phase": "Pending", "conditions": patch["conditions"]}
+    again = decide(waiting, flow=None)
+    assert [type(a) for a in again] == [lc.Requeue]
+    # After flow_wait_seconds it fails with a clear reason.
+    failed = status_patch(decide(old_exe(SETTINGS.flow_wait_seconds + 1), flow=None))
+    assert failed["phase"] == "Failed"
+    assert cond(failed, "Finished")["reason"] == "FlowNotFound"
+    assert "waited 60s" in failed["statusMessage"]
 
 
 def test_flow_not_ready_fails() -> None:
@@ -492,7 +512,8 @@ def _scenarios() -> dict[str, tuple[dict[str, Any], PodView | None, dict[str, An
             FLOW,
         ),
         "invalid-inputs": (exe(inputs={}), None, schema_flow),
-        "flow-not-found": (exe(), None, None),
+        "flow-wait": (old_exe(1), None, None),
+        "flow-not-found": (old_exe(61), None, None),
         "flow-not-ready": (exe(), None, bad_flow),
         "start": (exe(), None, FLOW),
         "hold": (exe(run=False), None, FLOW),

@@ -314,6 +314,13 @@ class Ctx:
         return None
 
     @property
+    def flow_wait_left(self) -> float:
+        """Seconds this FLOW Execution may still wait for its missing Flow (0 when over)."""
+        created = parse_time(self.meta.get("creationTimestamp")) or self.now
+        waited = (self.now - created).total_seconds()
+        return max(self.settings.flow_wait_seconds - waited, 0.0)
+
+    @property
     def hold_reason(self) -> tuple[str, str]:
         if not self.run:
             return "NotStarted", "Execution was created with run: false."
@@ -546,7 +553,34 @@ def _invalid_inputs(ctx: Ctx) -> list[Action]:
 
 def _flow_not_found(ctx: Ctx) -> list[Action]:
     flow = (ctx.spec.get("flowRef") or {}).get("name")
-    return _finish(ctx, FAILED, "FlowNotFound", f"Flow {flow} does not exist.")
+    return _finish(
+        ctx,
+        FAILED,
+        "FlowNotFound",
+        f"Flow {flow} does not exist (waited {ctx.settings.flow_wait_seconds}s).",
+    )
+
+
+def _flow_wait(ctx: Ctx) -> list[Action]:
+    flow = (ctx.spec.get("flowRef") or {}).get("name")
+    message = (
+        f"Waiting for Flow {flow} to exist "
+        f"(fails after {ctx.settings.flow_wait_seconds}s without it)."
+    )
+    actions: list[Action] = []
+    if ctx.phase == NEW or _started_reason(ctx) != "FlowNotFound":
+        actions.append(
+            PatchStatus(
+                {
+                    "phase": PENDING,
+                    "statusMessage": message,
+                    "observedGeneration": _generation(ctx),
+                    "conditions": _conditions(ctx, ("Started", False, "FlowNotFound", message)),
+                }
+            )
+        )
+    actions.append(Requeue(min(1.0, max(ctx.flow_wait_left, 0.1))))
+    return actions
 
 
 def _flow_not_ready(ctx: Ctx) -> list[Action]:
@@ -594,14 +628,19 @@ def _hold(ctx: Ctx) -> list[Action]:
     ]
 
 
+def _started_reason(ctx: Ctx) -> str | None:
+    """The reason of the current ``Started`` condition, if there is one."""
+    for cond in ctx.status.get("conditions") or []:
+        if cond.get("type") == "Started":
+            return str(cond.get("reason"))
+    return None
+
+
 def _hold_changed(ctx: Ctx) -> bool:
     if ctx.phase == NEW:
         return True
     reason, _ = ctx.hold_reason
-    for cond in ctx.status.get("conditions") or []:
-        if cond.get("type") == "Started":
-            return bool(cond.get("reason") != reason)
-    return True
+    return _started_reason(ctx) != reason
 
 
 def _pod_pending(ctx: Ctx) -> list[Action]:
@@ -714,6 +753,13 @@ TRANSITIONS: tuple[Transition, ...] = (
         FAILED,
         lambda c: c.wants_start and c.input_error is not None,
         _invalid_inputs,
+    ),
+    _t(
+        "flow-wait",
+        UNSTARTED,
+        PENDING,
+        lambda c: c.wants_start and c.type == "FLOW" and c.flow is None and c.flow_wait_left > 0,
+        _flow_wait,
     ),
     _t(
         "flow-not-found",

@@ -46,6 +46,12 @@ class Settings:
     pod_start_deadline_seconds: int = 120
     """A Pod not running after this many seconds (unschedulable, image pull) fails the attempt."""
 
+    flow_wait_seconds: int = 60
+    """How long a FLOW Execution waits for its Flow to exist before it fails with FlowNotFound.
+
+    Lets ``kubectl apply -f dir/`` and GitOps tools create a Flow and its Executions in any order.
+    """
+
     default_ttl_seconds: int | None = None
     """``ttlSecondsAfterFinished`` for Executions that do not set it; ``None`` keeps them."""
 

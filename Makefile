@@ -10,6 +10,9 @@ STATE   := .devcluster
 # `make test` brings up its own cluster here, so it never touches yours.
 TEST_STATE := .devcluster-test
 PYTEST_ARGS ?=
+# The pinned helm of the dev cluster's binary cache (built by `make binaries`), found like the
+# launcher finds its binaries (kumulus.devcluster.paths); tests/unit/test_chart.py uses $HELM too.
+HELM ?= $(shell $(PY) -c 'from kumulus.devcluster.paths import bin_cache_dir, read_versions; print(bin_cache_dir() / ("helm-" + read_versions()["HELM_VERSION"]) / "helm")' 2>/dev/null)
 
 .PHONY: help
 help: ## List the targets.
@@ -41,11 +44,12 @@ crds: venv ## Regenerate crds/, the chart's CRD templates and docs/reference fro
 	$(PY) -m kumulus.api.crdgen
 
 .PHONY: lint
-lint: venv ## ruff, mypy --strict, import-linter.
+lint: venv ## ruff, mypy --strict, import-linter, hadolint.
 	.venv/bin/ruff check operator tests bench
 	.venv/bin/ruff format --check operator tests bench
 	.venv/bin/mypy
 	.venv/bin/lint-imports
+	.venv/bin/hadolint runner-image/Dockerfile images/operator/Dockerfile
 
 .PHONY: unit
 unit: venv ## Unit tests only (no cluster).
@@ -53,9 +57,14 @@ unit: venv ## Unit tests only (no cluster).
 
 .PHONY: test
 test: venv binaries lint ## Everything CI runs: lint, then unit, integration and e2e tests on a fresh dev cluster.
+	devcluster/install-test-deps.sh
 	trap '$(PY) -m kumulus.devcluster down --state-dir $(TEST_STATE) || true' EXIT; \
 	$(PY) -m kumulus.devcluster up --state-dir $(TEST_STATE); \
-	KUBECONFIG=$(CURDIR)/$(TEST_STATE)/kubeconfig $(PY) -m pytest -ra $(PYTEST_ARGS) tests
+	KUBECONFIG=$(CURDIR)/$(TEST_STATE)/kubeconfig $(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS) tests
+
+.PHONY: chart-lint
+chart-lint: venv binaries ## helm lint --strict of charts/kumulus (also run by the unit tests).
+	$(HELM) lint --strict charts/kumulus --kube-version $(patsubst v%,%,$(shell grep ^KUBERNETES_VERSION= devcluster/versions.env | cut -d= -f2))
 
 .PHONY: dev-up
 dev-up: cluster-up ## Dev cluster + CRDs + the operator from this checkout, in the background.

@@ -22,7 +22,9 @@ Cloudomation                               Kumulus
 ``webhook_html_response``                  yes (``status.runner.webhookResponse``)
 ``system.flow``, ``system.connection``     read-only (a Connection without its Secret)
 ``system.return_when``                     yes
-``system.setting`` (and locks)             later
+``system.setting`` (and locks)             ConfigMaps and Leases in the namespace; any JSON
+                                           value; ``acquire(timeout)``/``release()``; locks
+                                           are released when the execution ends
 ``system.message``, ``this.message``       later
 ``system.file``                            later
 =========================================  =================================================
@@ -44,6 +46,7 @@ from kumulus.runner.errors import (
     TimeoutExceededError,
 )
 from kumulus.runner.execution import Execution
+from kumulus.runner.settings import Setting
 from kumulus.runner.system import ConnectionRecord, FlowRecord, System
 
 return_when = ReturnWhen
@@ -64,6 +67,7 @@ __all__ = [
     "ResourceNotFoundError",
     "ReturnWhen",
     "SchemaValidationError",
+    "Setting",
     "System",
     "TimeoutExceededError",
     "return_when",

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.e2e.servers import postgres_server, ssh_server  # noqa: F401 - session fixtures
+from tests.e2e.webhook_service import webhook_service  # noqa: F401 - session fixture
 
 from kumulus.devcluster.dev import install_kumulus
 
@@ -94,12 +96,36 @@ def operator(
         "KUMULUS_POD_START_DEADLINE_SECONDS": os.environ.get(
             "KUMULUS_POD_START_DEADLINE_SECONDS", "60"
         ),
+        "KUMULUS_WEBHOOK_RECHECK_SECONDS": "3",
         "PYTHONUNBUFFERED": "1",
     }
     op = Operator(kubeconfig, log_path, env)
     op.start()
+    _RUNNING.append(op)
     yield op
+    _RUNNING.remove(op)
     op.stop()
+
+
+#: The session operator while the ``operator`` fixture holds it (for session_operator_stopped).
+_RUNNING: list[Operator] = []
+
+
+@pytest.fixture
+def session_operator_stopped() -> Iterator[None]:
+    """Stop the session ``operator`` (only if this session runs it) for one test; restart after.
+
+    For tests that run Kumulus another way (e.g. installed by Helm), which must not reconcile
+    the same objects at the same time as the session operator.
+    """
+    running = [op for op in _RUNNING if op.proc is not None and op.proc.poll() is None]
+    for op in running:
+        op.stop()
+    try:
+        yield
+    finally:
+        for op in running:
+            op.start()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -262,7 +262,7 @@ def test_printer_columns_of_every_kind(kubectl: Any, namespace: str) -> None:
         apply(kubectl, namespace, manifest, check=True)
     expected = {
         "flows": ["NAME", "READY", "DESCRIPTION", "AGE"],
-        "schedules": ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "NEXT", "LAST", "AGE"],
+        "schedules": ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "READY", "NEXT", "LAST", "AGE"],
         "connections": ["NAME", "TYPE", "READY", "AGE"],
         "webhooks": ["NAME", "FLOW", "ENABLED", "URL", "READY", "AGE"],
     }

@@ -228,6 +228,15 @@ def test_short_names_and_printer_columns() -> None:
         "Duration": ".status.duration",
         "Message": ".status.message",
     }
-    assert list(columns["Schedule"]) == ["Schedule", "TimeZone", "Suspend", "Next", "Last", "Age"]
+    assert list(columns["Schedule"]) == [
+        "Schedule",
+        "TimeZone",
+        "Suspend",
+        "Ready",
+        "Next",
+        "Last",
+        "Age",
+    ]
+    assert columns["Schedule"]["Next"] == ".status.nextScheduleTimes"
     assert list(columns["Connection"]) == ["Type", "Ready", "Age"]
     assert list(columns["Webhook"]) == ["Flow", "Enabled", "URL", "Ready", "Age"]

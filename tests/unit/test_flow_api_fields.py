@@ -135,7 +135,6 @@ def test_system_flow_and_connection_records(fake: FakeClient) -> None:
         "    conn = system.connection('db')\n"
         "    assert conn.exists() and not system.connection('nope').exists()\n"
         "    assert conn.get('type', 'values') == {'type': 'SQLPG', 'values': {'host': 'db'}}\n"
-        "    assert system.return_when.ALL_ENDED == 'ALL_ENDED'\n"
-        "    assert not hasattr(system, 'setting')\n",
+        "    assert system.return_when.ALL_ENDED == 'ALL_ENDED'\n",
     )
     assert rc == 0, status["runner"]["result"]

@@ -1,5 +1,8 @@
 """Command line of the dev cluster launcher: ``python -m kumulus.devcluster up|down|status|env``.
 
+``stop-component``, ``start-component`` and ``restart-component NAME`` act on one component of a
+running cluster (the fault tests crash the node agent and restart the API server with them).
+
 The entry point ``make cluster-up`` and friends call; the work happens in
 :mod:`kumulus.devcluster.launcher`.
 """
@@ -7,11 +10,12 @@ The entry point ``make cluster-up`` and friends call; the work happens in
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from kumulus.devcluster.launcher import Launcher, LaunchError, log_tail, status_lines
+from kumulus.devcluster.launcher import ORDER, Launcher, LaunchError, log_tail, status_lines
 from kumulus.devcluster.paths import DEFAULT_STATE_DIR
 
 
@@ -35,6 +39,27 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("down", parents=[common], help="stop the dev cluster and remove its state")
     sub.add_parser("status", parents=[common], help="show components; exit 1 if not running")
     sub.add_parser("env", parents=[common], help="print the export KUBECONFIG=... line")
+    one = argparse.ArgumentParser(add_help=False, parents=[common])
+    one.add_argument("component", choices=ORDER, help="which component")
+    stopping = argparse.ArgumentParser(add_help=False)
+    stopping.add_argument(
+        "--signal",
+        default="KILL",
+        choices=["KILL", "TERM", "INT"],
+        help="signal to stop it with (default KILL: a crash)",
+    )
+    sub.add_parser(
+        "stop-component", parents=[one, stopping], help="stop one component (fault tests)"
+    )
+    sub.add_parser(
+        "start-component", parents=[one], help="start a stopped component again, wait until healthy"
+    )
+    restart = sub.add_parser(
+        "restart-component", parents=[one, stopping], help="stop, then start one component"
+    )
+    restart.add_argument(
+        "--down-seconds", type=float, default=0.0, help="how long it stays down (default 0)"
+    )
     return parser
 
 
@@ -59,6 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not launcher.down():
                 print(f"No dev cluster was running in {launcher.state_dir}.")
+        except LaunchError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        return 0
+    if args.command in ("stop-component", "start-component", "restart-component"):
+        try:
+            if args.command == "start-component":
+                launcher.start_component(args.component)
+            elif args.command == "stop-component":
+                launcher.stop_component(args.component, signal.Signals[f"SIG{args.signal}"])
+            else:
+                launcher.restart_component(
+                    args.component, signal.Signals[f"SIG{args.signal}"], args.down_seconds
+                )
         except LaunchError as exc:
             print(str(exc), file=sys.stderr)
             return 1

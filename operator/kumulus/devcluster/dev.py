@@ -3,7 +3,9 @@
 The launcher (``python -m kumulus.devcluster``) only brings up Kubernetes. This module puts
 Kumulus on it the way a developer wants while editing code: the CRDs and RBAC applied from the
 checkout, and the operator running as a local background process (not a Pod), so a restart
-picks up the code at once. Its log goes to ``<state>/logs/operator.log``.
+picks up the code at once. Its log goes to ``<state>/logs/operator.log``. The webhook service
+runs beside it the same way on a loopback port (log ``<state>/logs/webhook.log``, base URL in
+``<state>/webhook-url``).
 
     python -m kumulus.devcluster.dev up    [--state-dir .devcluster]
     python -m kumulus.devcluster.dev down  [--state-dir .devcluster]
@@ -44,6 +46,19 @@ class DevPaths:
     def operator_log(self) -> Path:
         return self.state / "logs" / "operator.log"
 
+    @property
+    def webhook_pid(self) -> Path:
+        return self.state / "webhook.pid"
+
+    @property
+    def webhook_log(self) -> Path:
+        return self.state / "logs" / "webhook.log"
+
+    @property
+    def webhook_url(self) -> Path:
+        """The webhook service's base URL (``http://127.0.0.1:<port>``), written by dev-up."""
+        return self.state / "webhook-url"
+
 
 def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Runs kubectl against the dev cluster and returns its output."""
@@ -75,7 +90,11 @@ def _alive(pid: int) -> bool:
 
 # The cluster-wide RBAC the operator needs before it starts; the per-namespace runner
 # ServiceAccount and RoleBinding are created by the operator itself (manage_runner_rbac).
-RBAC_MANIFESTS = ("runner-clusterrole.yaml", "operator-clusterrole.yaml")
+RBAC_MANIFESTS = (
+    "runner-clusterrole.yaml",
+    "operator-clusterrole.yaml",
+    "connection-executor-clusterrole.yaml",
+)
 
 
 def install_kumulus(kubeconfig: Path) -> None:
@@ -160,6 +179,74 @@ def stop_operator(paths: DevPaths) -> None:
     paths.operator_pid.unlink(missing_ok=True)
 
 
+def start_webhook(paths: DevPaths, extra_env: dict[str, str] | None = None) -> str:
+    """Starts the webhook service (``python -m kumulus.webhook``) on a loopback port.
+
+    Writes its base URL to ``<state>/webhook-url`` and returns it; reuses a running one.
+    """
+    if paths.webhook_pid.exists() and paths.webhook_url.exists():
+        pid = int(paths.webhook_pid.read_text())
+        if _alive(pid):
+            url = paths.webhook_url.read_text().strip()
+            print(f"Reused the running webhook service (pid {pid}) at {url}.")
+            return url
+    paths.webhook_log.parent.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(paths.kubeconfig),
+        "KUMULUS_WEBHOOK_HOST": "127.0.0.1",
+        "KUMULUS_WEBHOOK_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    with paths.webhook_log.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kumulus.webhook"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO,
+        )
+    paths.webhook_pid.write_text(str(proc.pid))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = paths.webhook_log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"The webhook service exited with code {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    paths.webhook_url.write_text(url + "\n")
+                    print(f"Started the webhook service (pid {proc.pid}) at {url}.")
+                    return url
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(
+        f"The webhook service did not become healthy in 60 s; see {paths.webhook_log}."
+    )
+
+
+def stop_webhook(paths: DevPaths) -> None:
+    """Stops the background webhook service (SIGTERM, then SIGKILL after 10 s)."""
+    if paths.webhook_pid.exists():
+        pid = int(paths.webhook_pid.read_text())
+        if _alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+            print(f"Stopped the webhook service (pid {pid}).")
+        paths.webhook_pid.unlink(missing_ok=True)
+    paths.webhook_url.unlink(missing_ok=True)
+
+
 def demo(paths: DevPaths) -> int:
     """Runs examples/01-hello-flow and prints the execution's phase and outputs."""
     example = REPO / "examples" / "01-hello-flow"
@@ -206,13 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     paths = DevPaths(args.state_dir.resolve())
     if args.command == "down":
         stop_operator(paths)
+        stop_webhook(paths)
         return 0
     if not paths.kubeconfig.exists():
         print(f"No dev cluster at {paths.state}: run `make cluster-up` first.", file=sys.stderr)
         return 1
     if args.command == "up":
         install_kumulus(paths.kubeconfig)
-        start_operator(paths)
+        webhook_url = start_webhook(paths)
+        start_operator(paths, {"KUMULUS_WEBHOOK_BASE_URL": webhook_url})
         return 0
     return demo(paths)
 

@@ -162,6 +162,12 @@ def _spawn(
     return comp, proc
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
 def _gone(pid: int) -> bool:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child
@@ -386,6 +392,62 @@ class Launcher:
         if existed:
             print(f"Removed {self.state_dir}.")
         return record is not None
+
+    # -- one component (fault tests: a crashed node agent, a restarted API server)
+
+    def _component(self, name: str) -> tuple[ClusterRecord, Component]:
+        record = self.record()
+        if record is None:
+            raise LaunchError(f"No dev cluster in {self.state_dir}.")
+        comp = record.components.get(name)
+        if comp is None:
+            raise LaunchError(f"The dev cluster in {self.state_dir} has no component {name}.")
+        return record, comp
+
+    def stop_component(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one component's process group and wait until it is gone (SIGKILL after grace).
+
+        SIGKILL is a crash: a killed node agent leaves its Pods' processes behind, and the
+        next agent adopts the Pods and kills them (see the node agent's ``PodWorker._adopt``).
+        """
+        _, comp = self._component(name)
+        if not comp.alive():
+            print(f"{name} (pid {comp.pid}) was not running.")
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(comp.pid, sig)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while not _gone(comp.pid) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS / 5)
+        if not _gone(comp.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(comp.pid, signal.SIGKILL)
+            while not _gone(comp.pid):
+                time.sleep(POLL_SECONDS / 5)
+        print(f"Stopped {name} (pid {comp.pid}) with {signal.Signals(sig).name}.")
+
+    def start_component(self, name: str) -> None:
+        """Start a stopped component with its recorded command line and port; wait until healthy."""
+        record, comp = self._component(name)
+        if comp.alive():
+            raise LaunchError(f"{name} is already running (pid {comp.pid}).", name)
+        self._deadline = time.monotonic() + self.timeout
+        self._start(record, name, comp.argv, comp.port)
+        checks = [
+            Check(f"{name} healthy", name, lambda: component_health(record, self.probe)[name])
+        ]
+        if name == "node-agent":
+            # The Node stays Ready for a while after its agent died: wait for the new agent.
+            checks.append(Check("node agent listening", name, lambda: _listening(comp.port)))
+        self._wait(checks)
+
+    def restart_component(
+        self, name: str, sig: int = signal.SIGKILL, down_seconds: float = 0.0
+    ) -> None:
+        """:meth:`stop_component`, wait ``down_seconds``, :meth:`start_component`."""
+        self.stop_component(name, sig)
+        time.sleep(down_seconds)
+        self.start_component(name)
 
     def up(self) -> ClusterRecord:
         """Reuse a healthy cluster or start a fresh one; raise LaunchError on failure."""

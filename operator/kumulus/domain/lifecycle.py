@@ -99,7 +99,24 @@ class DeleteExecution:
     """Delete the Execution (its Pods and children go by garbage collection)."""
 
 
-Action = CreatePod | DeletePod | PatchStatus | EmitEvent | PatchChild | Requeue | DeleteExecution
+@dataclasses.dataclass(frozen=True)
+class ReleaseLocks:
+    """Release the lock Leases the Execution still holds (its runner could not)."""
+
+
+Action = (
+    CreatePod
+    | DeletePod
+    | PatchStatus
+    | EmitEvent
+    | PatchChild
+    | Requeue
+    | DeleteExecution
+    | ReleaseLocks
+)
+
+USES_LOCKS_ANNOTATION = "kumulus.dev/uses-locks"
+"""Set by the runner before its first ``system.setting(...).acquire()``."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -440,6 +457,8 @@ def _finish(ctx: Ctx, phase: str, reason: str, message: str) -> list[Action]:
     else:
         text += "."
     actions: list[Action] = [PatchStatus(patch), EmitEvent(event_type, verb, text)]
+    if (ctx.meta.get("annotations") or {}).get(USES_LOCKS_ANNOTATION) == "true":
+        actions.append(ReleaseLocks())  # after the phase patch: a stale decision releases nothing
     if ctx.ttl is not None:
         actions.append(Requeue(float(ctx.ttl)))
     return actions

@@ -64,8 +64,33 @@ class Settings:
     worker_limit: int = 200
     """Maximum number of concurrently processed objects (kopf ``batching.worker_limit``)."""
 
+    reconcile_workers: int = 16
+    """Executions reconciled at once (each makes one API call at a time); more wait in a FIFO
+    queue. Kept below the API client's 20 kept-alive connections, so bursts reuse them."""
+
     requeue_error_seconds: float = 5.0
     """Delay before reconciling an Execution again after an API error."""
+
+    connection_executor_inline: bool = True
+    """Run the connection executor (CONNECTION Executions, Connection Ready) inside the
+    operator process; false when it runs as its own process
+    (``kopf run -m kumulus.handlers.connection_executor``)."""
+
+    connection_concurrency: int = 20
+    """Connector calls running at once per connection executor process; more wait in a queue."""
+
+    connection_timeout_seconds: float = 30.0
+    """Default time limit of one connector call (the ``timeout`` input overrides it)."""
+
+    connection_recheck_seconds: float = 60.0
+    """How often a Connection's Ready condition is re-checked (e.g. its Secret appeared)."""
+
+    webhook_base_url: str = ""
+    """Base URL of the webhook service (e.g. ``https://hooks.example.com``), prefixed to each
+    Webhook's ``status.url``; empty gives the path alone."""
+
+    webhook_recheck_seconds: float = 15.0
+    """How often each Webhook's Ready condition is re-checked (e.g. its Secret appeared)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -13,7 +13,10 @@ from typing import Any
 
 import kopf
 
+from kumulus.domain.settings import Settings
 from kumulus.handlers import execution, flow
+from kumulus.handlers import schedule as schedule  # the Schedule handlers register on import
+from kumulus.handlers import webhook as webhook  # the Webhook handlers register on import
 from kumulus.handlers.state import engine
 
 __all__ = ["execution", "flow"]
@@ -24,7 +27,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Point kopf's storage at ``kumulus.dev`` annotations, disable peering, size workers."""
     settings.persistence.finalizer = "kumulus.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kumulus.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    # Same storage as kopf's, minus the per-event deep copy for Executions and Pods.
+    settings.persistence.diffbase_storage = execution.EventOnlyDiffBaseStorage(
         prefix="kumulus.dev", key="last-handled-configuration"
     )
     settings.peering.standalone = True
@@ -43,3 +47,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def stop(**_: Any) -> None:
     """Cancel pending timers and reconcile tasks."""
     await engine().shutdown()
+
+
+# The connection executor (CONNECTION Executions, Connection Ready) runs in this process unless
+# KUMULUS_CONNECTION_EXECUTOR_INLINE=false. Keep this the LAST import of the package: run alone
+# (`kopf run -m kumulus.handlers.connection_executor`) it replaces kopf's default registry.
+if Settings.from_env().connection_executor_inline:
+    from kumulus.handlers import connection_executor  # noqa: F401

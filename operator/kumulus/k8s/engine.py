@@ -11,7 +11,23 @@ Execution; after a restart the initial listing re-triggers every Execution, so n
 
 Correctness across restarts and duplicated operator processes comes from deterministic Pod
 names (create is idempotent, ``AlreadyExists`` adopts) and the ``resourceVersion`` guard: a
-stale decision fails with a conflict, the Execution is read again and decided again.
+stale decision fails with a conflict and is decided again on the newer version.
+
+Built for bursts (measured by ``bench/throughput.py``; see docs/performance.md):
+
+* A work queue with a fixed number of workers (``Settings.reconcile_workers``) reconciles
+  Executions in arrival order, each key at most once at a time; a key triggered while queued is
+  not queued twice. So a burst of thousands never opens more API connections than the client
+  keeps alive (no TLS handshake per request, no pool timeouts) and the oldest work goes first.
+  Events and lock releases go out in the background through a few slots of their own.
+* After a conflict the engine does not read the Execution again: the newer version that caused
+  the conflict is already on its way through the watch, and its event triggers a new decision.
+  Only if it has not arrived after :data:`CONFLICT_WAIT_SECONDS` is the Execution read.
+* The cache keeps what the decisions read, not whole objects: Pods as the few fields
+  :class:`~kumulus.domain.outcome.PodView` needs, and finished Executions as the fields the TTL
+  and their parent's children summary need (no inputs, outputs, script or conditions). A
+  finished Execution's Pods are not cached at all: its decisions never look at them. This keeps
+  the operator's memory flat with thousands of finished Executions.
 """
 
 from __future__ import annotations
@@ -20,7 +36,8 @@ import asyncio
 import contextlib
 import copy
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,16 +50,47 @@ from kumulus.domain.lifecycle import (
     EmitEvent,
     PatchChild,
     PatchStatus,
+    ReleaseLocks,
     Requeue,
 )
 from kumulus.domain.outcome import PodView
 from kumulus.domain.podspec import owner_execution
 from kumulus.domain.settings import Settings
-from kumulus.k8s import events, executions, pods, rbac
+from kumulus.k8s import events, executions, leases, pods, rbac
 
 log = logging.getLogger("kumulus.engine")
 
 Key = tuple[str, str]
+
+CONFLICT_WAIT_SECONDS = 2.0
+"""After a conflict, how long to wait for the newer version from the watch before reading it."""
+
+BACKGROUND_SLOTS = 4
+"""API calls made in the background at once (Events, lock releases)."""
+
+_POD_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "ownerReferences",
+)
+_POD_STATUS = ("phase", "reason", "message", "conditions", "containerStatuses")
+_FINISHED_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "labels",
+    "ownerReferences",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+_FINISHED_SPEC = ("type", "flowRef", "desiredState", "run", "ttlSecondsAfterFinished")
+_FINISHED_STATUS = ("phase", "attempts", "podName", "startTime", "endTime", "children")
 
 
 def _key(body: Mapping[str, Any]) -> Key:
@@ -55,6 +103,34 @@ def _rv(body: Mapping[str, Any] | None) -> int:
         return int(((body or {}).get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:
         return 0
+
+
+def _pick(body: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    body = body or {}
+    return {k: body[k] for k in keys if k in body}
+
+
+def pod_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the engine keeps of a runner Pod: the fields :class:`PodView` reads."""
+    return {
+        "metadata": _pick(body.get("metadata"), _POD_METADATA),
+        "status": _pick(body.get("status"), _POD_STATUS),
+    }
+
+
+def finished_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the engine keeps of a finished Execution: what its TTL and its parent read."""
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": _pick(body.get("metadata"), _FINISHED_METADATA),
+        "spec": _pick(body.get("spec"), _FINISHED_SPEC),
+        "status": _pick(body.get("status"), _FINISHED_STATUS),
+    }
+
+
+def _finished(body: Mapping[str, Any] | None) -> bool:
+    return ((body or {}).get("status") or {}).get("phase") in lifecycle.TERMINAL
 
 
 def _parent(body: Mapping[str, Any]) -> str | None:
@@ -75,11 +151,16 @@ class Engine:
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}
         self.children: dict[Key, set[str]] = {}
         self.flows: dict[Key, dict[str, Any]] = {}
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self._stale: dict[Key, tuple[int, float]] = {}
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._rbac_done: set[str] = set()
         self._rbac_lock = asyncio.Lock()
+        self._background_slots = asyncio.Semaphore(BACKGROUND_SLOTS)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ watch input
@@ -103,7 +184,7 @@ class Engine:
                 self.trigger((key[0], parent))
             return
         if _rv(body) >= _rv(self.executions.get(key)):
-            self.executions[key] = copy.deepcopy(dict(body))
+            self._store(key, body)
         if parent:
             self.children.setdefault((key[0], parent), set()).add(key[1])
             self.trigger((key[0], parent))
@@ -118,12 +199,29 @@ class Engine:
         if not self.watched(namespace):
             return
         key = (namespace, owner)
-        bucket = self.pods.setdefault(key, {})
+        if _finished(self.executions.get(key)):
+            return  # a finished Execution's decisions never look at its Pods
         if event_type == "DELETED":
-            bucket.pop(name, None)
-        elif _rv(body) >= _rv(bucket.get(name)):
-            bucket[name] = copy.deepcopy(dict(body))
+            bucket = self.pods.get(key)
+            if bucket is not None:
+                bucket.pop(name, None)
+                if not bucket:
+                    del self.pods[key]
+        else:
+            bucket = self.pods.setdefault(key, {})
+            if _rv(body) >= _rv(bucket.get(name)):
+                bucket[name] = pod_view(body)
         self.trigger(key)
+
+    def _store(self, key: Key, body: Mapping[str, Any]) -> None:
+        """Cache an Execution: whole while it runs, as :func:`finished_view` once finished."""
+        if _finished(body):
+            self.executions[key] = finished_view(body)
+            self.pods.pop(key, None)
+        else:
+            # Watch events and API responses are freshly parsed and never changed afterwards
+            # (here or by kopf), so they are kept without a copy.
+            self.executions[key] = dict(body)
 
     def on_flow(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event of a Flow: keep the cache used when Executions start."""
@@ -136,28 +234,56 @@ class Engine:
     # ------------------------------------------------------------------ scheduling
 
     def trigger(self, key: Key) -> None:
-        """Reconcile ``key`` soon; bursts of triggers coalesce into one more run."""
+        """Reconcile ``key`` soon: queue it once; triggered while running, once more after."""
         if key in self._running:
             self._dirty.add(key)
             return
-        self._running.add(key)
-        task = asyncio.get_running_loop().create_task(self._loop(key))
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        self._queue.put_nowait(key)
+        if not self._workers:
+            loop = asyncio.get_running_loop()
+            self._workers = [
+                loop.create_task(self._worker(), name=f"kumulus reconcile worker {i}")
+                for i in range(max(1, self.settings.reconcile_workers))
+            ]
+
+    @property
+    def backlog(self) -> int:
+        """Executions waiting for a worker."""
+        return self._queue.qsize()
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._running.add(key)
+            self._dirty.discard(key)
+            try:
+                await self.reconcile(key)
+            except Exception:
+                log.exception("Failed to reconcile Execution %s/%s; retrying.", *key)
+                self.requeue(key, self.settings.requeue_error_seconds)
+            finally:
+                self._running.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.trigger(key)
+
+    def _background(self, what: str, call: Callable[[], Awaitable[object]]) -> None:
+        """Run an API call that nothing waits for, through the background slots."""
+
+        async def run() -> None:
+            async with self._background_slots:
+                try:
+                    await call()
+                except Exception as exc:
+                    log.warning("Failed to %s: %s", what, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _loop(self, key: Key) -> None:
-        try:
-            while True:
-                self._dirty.discard(key)
-                try:
-                    await self.reconcile(key)
-                except Exception:
-                    log.exception("Failed to reconcile Execution %s/%s; retrying.", *key)
-                    self.requeue(key, self.settings.requeue_error_seconds)
-                if key not in self._dirty:
-                    break
-        finally:
-            self._running.discard(key)
 
     def requeue(self, key: Key, after: float) -> None:
         """Trigger ``key`` after ``after`` seconds (keeps the earliest pending timer)."""
@@ -184,9 +310,11 @@ class Engine:
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        for task in list(self._tasks):
+        tasks = [*self._workers, *self._tasks]
+        self._workers = []
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
 
@@ -201,6 +329,7 @@ class Engine:
             # The cache may lag (start-up, a Pod just created): ask the API server.
             cached = await pods.get_pod(key[0], str(name))
             if cached is not None:
+                cached = pod_view(cached)
                 self.pods.setdefault(key, {})[str(name)] = cached
         return PodView.from_dict(cached) if cached is not None else None
 
@@ -224,6 +353,18 @@ class Engine:
         body = self.executions.get(key)
         if body is None:
             return
+        stale = self._stale.get(key)
+        if stale is not None:
+            if _rv(body) <= stale[0] and time.monotonic() < stale[1]:
+                return  # the newer version is on its way through the watch
+            del self._stale[key]
+            if _rv(body) <= stale[0]:
+                fresh = await executions.get_execution(*key)
+                if fresh is None:
+                    self.executions.pop(key, None)
+                    return
+                self._store(key, fresh)
+                body = self.executions[key]
         phase = (body.get("status") or {}).get("phase") or ""
         live = phase not in lifecycle.TERMINAL
         pod = await self._current_pod(key, body) if live else None
@@ -245,33 +386,32 @@ class Engine:
         if isinstance(action, CreatePod):
             await self._ensure_rbac(namespace, action.manifest)
             created = await pods.create_pod(action.manifest)
-            self.pods.setdefault(key, {})[created["metadata"]["name"]] = created
+            self.pods.setdefault(key, {})[created["metadata"]["name"]] = pod_view(created)
         elif isinstance(action, PatchStatus):
             rv = (body.get("metadata") or {}).get("resourceVersion")
             try:
                 patched = await executions.patch_execution_status(namespace, name, rv, action.patch)
             except executions.Conflict:
-                fresh = await executions.get_execution(namespace, name)
-                if fresh is None:
-                    self.executions.pop(key, None)
-                else:
-                    self.executions[key] = fresh
-                    self._dirty.add(key)
-                log.info("Re-read Execution %s/%s after a conflicting update.", namespace, name)
+                # The version that beat this patch comes through the watch and triggers a new
+                # decision; read it only if it is late (see the module docstring).
+                self._stale[key] = (_rv(body), time.monotonic() + CONFLICT_WAIT_SECONDS)
+                self.requeue(key, CONFLICT_WAIT_SECONDS)
+                log.debug("Deferred Execution %s/%s after a conflicting update.", namespace, name)
                 return False
             if patched is None:
                 self.executions.pop(key, None)
                 return False
-            self.executions[key] = patched
+            if _rv(patched) >= _rv(self.executions.get(key)):
+                self._store(key, patched)
             new_phase = action.patch.get("phase")
             if new_phase and new_phase != (body.get("status") or {}).get("phase"):
                 log.info("Moved Execution %s/%s to phase %s.", namespace, name, new_phase)
         elif isinstance(action, EmitEvent):
-            task = asyncio.get_running_loop().create_task(
-                events.post_event(body, action.type, action.reason, action.message)
+            event = (body, action.type, action.reason, action.message)
+            self._background(
+                f"post Event {action.reason} of Execution {namespace}/{name}",
+                lambda: events.post_event(*event),
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
         elif isinstance(action, DeletePod):
             await pods.delete_pod(namespace, action.name, action.grace_seconds)
         elif isinstance(action, PatchChild):
@@ -283,6 +423,11 @@ class Engine:
                 name,
                 action.spec,
             )
+        elif isinstance(action, ReleaseLocks):
+            self._background(
+                f"release the locks of Execution {namespace}/{name}",
+                lambda: self._release_locks(namespace, name),
+            )
         elif isinstance(action, Requeue):
             self.requeue(key, action.after)
         elif isinstance(action, DeleteExecution):
@@ -290,6 +435,10 @@ class Engine:
             log.info("Deleted finished Execution %s/%s after its TTL.", namespace, name)
             return False
         return True
+
+    async def _release_locks(self, namespace: str, name: str) -> None:
+        """Free the lock Leases a finished Execution still holds (its runner could not)."""
+        await leases.release_held(namespace, name)
 
     async def _ensure_rbac(self, namespace: str, manifest: Mapping[str, Any]) -> None:
         if not self.settings.manage_runner_rbac or namespace in self._rbac_done:

@@ -1,7 +1,7 @@
 """The runner's only door to the Kubernetes API.
 
 ``ApiClient`` is the small interface the runner needs (Executions, their status subresource,
-Flows, Connections and ConfigMaps in one namespace); ``LightkubeClient`` implements it over
+Flows, Connections, ConfigMaps and Leases in one namespace); ``LightkubeClient`` implements it over
 lightkube generic resources with ONE HTTP client, and unit tests put an in-memory fake behind the
 same interface. API errors come out as flow API exceptions, so flows see Cloudomation's types.
 lightkube is imported lazily: a runner that fails before its first request starts faster.
@@ -32,6 +32,10 @@ class AlreadyExistsError(EngineException):
 
 class ApiRequestError(EngineException):
     """Any other failed API request."""
+
+
+class ConflictError(EngineException):
+    """An update lost a race: the object changed since it was read (HTTP 409)."""
 
 
 class ApiClient(Protocol):
@@ -77,6 +81,20 @@ class ApiClient(Protocol):
 
     def get_configmap(self, name: str) -> Obj: ...
 
+    def create_configmap(self, body: Obj) -> Obj: ...
+
+    def patch_configmap(self, name: str, patch: Obj) -> Obj:
+        """JSON merge patch of a ConfigMap (settings)."""
+        ...
+
+    def get_lease(self, name: str) -> Obj: ...
+
+    def create_lease(self, body: Obj) -> Obj: ...
+
+    def replace_lease(self, name: str, body: Obj) -> Obj:
+        """Update (PUT) a Lease; ``ConflictError`` when its resourceVersion is stale."""
+        ...
+
 
 @functools.cache
 def _resources() -> tuple[Any, Any, Any, Any]:
@@ -93,6 +111,19 @@ def _resources() -> tuple[Any, Any, Any, Any]:
 
         configmap = ConfigMap
     return execution, flow, connection, configmap
+
+
+@functools.cache
+def _lease_resource() -> Any:
+    """The Lease class (``coordination.k8s.io/v1``), generic unless the typed one is loaded."""
+    from lightkube.generic_resource import create_namespaced_resource
+
+    try:
+        return create_namespaced_resource("coordination.k8s.io", "v1", "Lease", "leases")
+    except ValueError:
+        from lightkube.resources.coordination_v1 import Lease
+
+        return Lease
 
 
 class LightkubeClient:
@@ -119,6 +150,8 @@ class LightkubeClient:
                 raise PermissionDenied(message) from None
             if code == 409 and what.startswith("create"):
                 raise AlreadyExistsError(message) from None
+            if code == 409:
+                raise ConflictError(message) from None
             raise ApiRequestError(message) from None
 
     @staticmethod
@@ -208,5 +241,50 @@ class LightkubeClient:
     def get_configmap(self, name: str) -> Obj:
         obj = self._call(
             f"get ConfigMap {self.namespace}/{name}", self._client.get, self._configmap, name
+        )
+        return self._plain(obj)
+
+    def create_configmap(self, body: Obj) -> Obj:
+        name = body["metadata"]["name"]
+        obj = self._call(
+            f"create ConfigMap {self.namespace}/{name}",
+            self._client.create,
+            self._configmap.from_dict(body),
+        )
+        return self._plain(obj)
+
+    def patch_configmap(self, name: str, patch: Obj) -> Obj:
+        from lightkube.types import PatchType
+
+        obj = self._call(
+            f"patch ConfigMap {self.namespace}/{name}",
+            self._client.patch,
+            self._configmap,
+            name,
+            patch,
+            patch_type=PatchType.MERGE,
+        )
+        return self._plain(obj)
+
+    def get_lease(self, name: str) -> Obj:
+        obj = self._call(
+            f"get Lease {self.namespace}/{name}", self._client.get, _lease_resource(), name
+        )
+        return self._plain(obj)
+
+    def create_lease(self, body: Obj) -> Obj:
+        lease = _lease_resource()
+        obj = self._call(
+            f"create Lease {self.namespace}/{body['metadata']['name']}",
+            self._client.create,
+            lease.from_dict(body),
+        )
+        return self._plain(obj)
+
+    def replace_lease(self, name: str, body: Obj) -> Obj:
+        obj = self._call(
+            f"update Lease {self.namespace}/{name}",
+            self._client.replace,
+            _lease_resource().from_dict(body),
         )
         return self._plain(obj)

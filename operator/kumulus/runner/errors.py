@@ -34,7 +34,7 @@ class TimeoutExceededError(EngineException):
 
 
 class LockTimeoutError(EngineException):
-    """A lock could not be acquired in time (settings as locks come later)."""
+    """A lock (``system.setting(name).acquire(timeout=...)``) could not be acquired in time."""
 
 
 class ResourceNotFoundError(EngineException):

@@ -1,7 +1,7 @@
 """An in-memory ``ApiClient``: run and test flows without a cluster.
 
 It exists for unit tests of the runner and for flow authors who want to try a handler locally.
-It keeps Executions, Flows, Connections and ConfigMaps in dicts, numbers every change with a
+It keeps Executions, Flows, Connections, ConfigMaps and Leases in dicts, numbers every change with a
 resourceVersion and serves watches from an event log. An optional ``on_create`` hook plays the
 operator for children (e.g. ends them with a phase and outputs).
 """
@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from kumulus.runner.client import AlreadyExistsError, ApiRequestError, Obj
+from kumulus.runner.client import AlreadyExistsError, ApiRequestError, ConflictError, Obj
 from kumulus.runner.errors import ResourceNotFoundError
 
 
@@ -47,6 +47,7 @@ class FakeClient:
         self.flows: dict[str, Obj] = {}
         self.connections: dict[str, Obj] = {}
         self.configmaps: dict[str, Obj] = {}
+        self.leases: dict[str, Obj] = {}
         self.calls: list[tuple[str, str, Any]] = []
         self._rv = itertools.count(1)
         self._events: list[tuple[int, str, Obj]] = []
@@ -235,3 +236,54 @@ class FakeClient:
         if name not in self.configmaps:
             raise ResourceNotFoundError(f"Failed to get ConfigMap {self.namespace}/{name}.")
         return copy.deepcopy(self.configmaps[name])
+
+    def create_configmap(self, body: Obj) -> Obj:
+        name = body["metadata"]["name"]
+        with self._cond:
+            self.calls.append(("create_configmap", name, copy.deepcopy(body)))
+            if name in self.configmaps:
+                raise AlreadyExistsError(f"ConfigMap {self.namespace}/{name} exists already.")
+            obj = copy.deepcopy(body)
+            obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            self.configmaps[name] = obj
+            return copy.deepcopy(obj)
+
+    def patch_configmap(self, name: str, patch: Obj) -> Obj:
+        with self._cond:
+            self.calls.append(("patch_configmap", name, copy.deepcopy(patch)))
+            if name not in self.configmaps:
+                raise ResourceNotFoundError(f"Failed to patch ConfigMap {self.namespace}/{name}.")
+            obj = merge_patch(self.configmaps[name], patch)
+            obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            self.configmaps[name] = obj
+            return copy.deepcopy(obj)
+
+    def get_lease(self, name: str) -> Obj:
+        with self._cond:
+            if name not in self.leases:
+                raise ResourceNotFoundError(f"Failed to get Lease {self.namespace}/{name}.")
+            return copy.deepcopy(self.leases[name])
+
+    def create_lease(self, body: Obj) -> Obj:
+        name = body["metadata"]["name"]
+        with self._cond:
+            self.calls.append(("create_lease", name, copy.deepcopy(body)))
+            if name in self.leases:
+                raise AlreadyExistsError(f"Lease {self.namespace}/{name} exists already.")
+            obj = copy.deepcopy(body)
+            obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            self.leases[name] = obj
+            return copy.deepcopy(obj)
+
+    def replace_lease(self, name: str, body: Obj) -> Obj:
+        with self._cond:
+            self.calls.append(("replace_lease", name, copy.deepcopy(body)))
+            current = self.leases.get(name)
+            if current is None:
+                raise ResourceNotFoundError(f"Failed to update Lease {self.namespace}/{name}.")
+            if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                raise ConflictError(f"Failed to update Lease {self.namespace}/{name}: conflict.")
+            obj = copy.deepcopy(body)
+            obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            self.leases[name] = obj
+            return copy.deepcopy(obj)

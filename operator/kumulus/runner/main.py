@@ -4,7 +4,8 @@ It exists to run one attempt of one Execution per the contract in ``runner-image
 read the Execution (and its Flow), compile the code, call ``handler(system, this[, inputs])``,
 report ``status.runner`` and exit with the contract's code (0 success, 1 error, 2 could not
 start or outputs over the limit, 3 cancelled). SIGTERM (the operator deleting the Pod to cancel)
-ends the flow as ``ENDED_CANCELLED`` with exit code 3.
+ends the flow as ``ENDED_CANCELLED`` with exit code 3. Locks the flow still holds
+(``system.setting(name).acquire()``) are released however it ends.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from kumulus.runner.errors import (
     OutputLimitExceeded,
     Terminated,
 )
+from kumulus.runner.settings import Locks
 
 log = logging.getLogger("kumulus.runner")
 
@@ -214,11 +216,13 @@ def run(
         return EXIT_NOT_STARTED
 
     engine = Engine(client, obj, attempt=attempt, output_limit=limit, watch_self=watch_self)
+    locks = Locks(client, name)
     try:
-        outcome = _run_attempt(engine, client, obj, out)
+        outcome = _run_attempt(engine, client, obj, out, locks)
     except Terminated:
         outcome = Outcome(ENDED_CANCELLED, "Cancelled: the runner got SIGTERM.", EXIT_CANCELLED)
     _ending = True
+    locks.release_all()
     engine.stop()
     result: Obj = {"status": outcome.status, "message": outcome.message}
     if outcome.traceback:
@@ -238,7 +242,9 @@ def run(
     return outcome.exit_code
 
 
-def _run_attempt(engine: Engine, client: ApiClient, obj: Obj, out: IO[str] | None) -> Outcome:
+def _run_attempt(
+    engine: Engine, client: ApiClient, obj: Obj, out: IO[str] | None, locks: Locks
+) -> Outcome:
     from kumulus.runner.execution import Execution
     from kumulus.runner.system import System
 
@@ -265,7 +271,7 @@ def _run_attempt(engine: Engine, client: ApiClient, obj: Obj, out: IO[str] | Non
         raise
     except BaseException as exc:  # the module body raised: an error of the flow's code
         return invoke(_reraise(exc), None, None, {}, filename)
-    return invoke(handler, System(client), this, dict(inputs), filename)
+    return invoke(handler, System(client, locks), this, dict(inputs), filename)
 
 
 def _reraise(exc: BaseException) -> Callable[..., Any]:

@@ -1,19 +1,23 @@
 """``flow_api.System``: the flow's read access to stored records.
 
-It exists so a flow can look at Flows and Connections the way Cloudomation's ``system`` does.
-Settings (and locks), user messages and files come in later issues and are deliberately absent
-(see the compatibility table in ``operator/flow_api.py``): a missing method fails loudly with
-``AttributeError`` rather than silently doing nothing.
+It exists so a flow can look at Flows and Connections the way Cloudomation's ``system`` does,
+and keep settings (which double as locks; see :mod:`kumulus.runner.settings`). User messages
+and files come in later issues and are deliberately absent (see the compatibility table in
+``operator/flow_api.py``): a missing method fails loudly with ``AttributeError`` rather than
+silently doing nothing.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kumulus.runner.client import ApiClient, Obj
 from kumulus.runner.engine import ReturnWhen
 from kumulus.runner.errors import InvalidInputError, ResourceNotFoundError
+
+if TYPE_CHECKING:
+    from kumulus.runner.settings import Locks, Setting
 
 
 def flow_code(client: ApiClient, flow: Obj) -> str:
@@ -130,8 +134,9 @@ class System:
 
     return_when = ReturnWhen
 
-    def __init__(self, client: ApiClient) -> None:
+    def __init__(self, client: ApiClient, locks: Locks | None = None) -> None:
         self._client = client
+        self._locks = locks
 
     def flow(self, name: str) -> FlowRecord:
         """The Flow ``name`` (read when first used)."""
@@ -140,3 +145,10 @@ class System:
     def connection(self, name: str) -> ConnectionRecord:
         """The Connection ``name`` without secrets (read when first used)."""
         return ConnectionRecord(self._client, name)
+
+    def setting(self, name: str) -> Setting:
+        """The setting ``name``: ``exists()``, ``get('value')``, ``save(value=...)``, and a lock
+        between executions with ``acquire(timeout=None)`` / ``release()``."""
+        from kumulus.runner.settings import Setting
+
+        return Setting(self._client, name, self._locks)

@@ -43,6 +43,7 @@ __all__ = [
     "ExecutionSpec",
     "ExecutionStatus",
     "ExecutionType",
+    "ExecutorClaim",
     "RunnerReport",
     "RunnerResult",
     "RunnerState",
@@ -312,6 +313,19 @@ class RunnerReport(KumulusModel):
     )
 
 
+class ExecutorClaim(KumulusModel):
+    """Which connection executor runs a CONNECTION execution (exactly once, see docs)."""
+
+    id: str = Field(
+        description="The executor process that claimed the call: <host>/<process id>.",
+        max_length=253,
+    )
+    deadline: datetime = Field(
+        description="When the call must have ended; after it, another executor fails the "
+        "execution with reason ExecutorLost."
+    )
+
+
 class ExecutionStatus(KumulusModel):
     """The observed state of an Execution. Only the operator sets phase and times."""
 
@@ -354,6 +368,9 @@ class ExecutionStatus(KumulusModel):
     )
     conditions: list[Condition] | None = conditions_field()
     observed_generation: Int64 | None = observed_generation_field()
+    executor: ExecutorClaim | None = Field(
+        None, description="CONNECTION executions: the connection executor running the call."
+    )
     runner: RunnerReport | None = Field(
         None, description="Written by the runner of the current attempt; read by the operator."
     )

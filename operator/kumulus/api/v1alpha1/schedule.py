@@ -85,8 +85,9 @@ class ScheduleSpec(KumulusModel):
     )
     catch_up: CatchUpPolicy = Field(
         CatchUpPolicy.LATEST,
-        description="Missed runs: None (skip them), Latest (start the latest one) or All "
-        "(start each, up to maxCatchUp).",
+        description="Runs missed while the operator was down, the Schedule suspended or "
+        "held back by Forbid: None (skip them), Latest (start the newest one, like a CronJob) "
+        "or All (start each, oldest first, at most the newest maxCatchUp).",
     )
     max_catch_up: Int32 = Field(
         10, ge=1, le=1000, description="At most this many missed runs are started (catchUp All)."
@@ -107,7 +108,7 @@ class ScheduleStatus(KumulusModel):
     """The observed state of a Schedule, written by the operator."""
 
     last_schedule_time: datetime | None = Field(
-        None, description="When an execution was last started."
+        None, description="The scheduled time of the newest execution started."
     )
     next_schedule_times: list[datetime] | None = Field(
         None,
@@ -144,7 +145,16 @@ class Schedule(KumulusResource):
             PrinterColumn("Schedule", ".spec.schedule", description="Cron expression."),
             PrinterColumn("TimeZone", ".spec.timeZone", description="IANA time zone."),
             PrinterColumn("Suspend", ".spec.suspend", type="boolean", description="Suspended."),
-            PrinterColumn("Next", ".status.nextScheduleTime", type="date", description="Next."),
+            PrinterColumn(
+                "Ready",
+                '.status.conditions[?(@.type=="Ready")].status',
+                description="Whether the schedule and time zone are valid.",
+            ),
+            PrinterColumn(
+                "Next",
+                ".status.nextScheduleTimes",
+                description="The next few times a run is due (UTC).",
+            ),
             PrinterColumn("Last", ".status.lastScheduleTime", type="date", description="Last."),
             PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
         ),

@@ -1,0 +1,252 @@
+"""Connections: API access and the keeper of their ``Ready`` condition.
+
+A Connection is Ready when its type is known (built in or a plugin), its ``secretRef``
+Secret can be read and its values (merged with the Secret's keys) pass the connector's static
+check. The keeper re-checks on every watch event of a Connection and, because Secrets are not
+watched (the executor only has ``secrets: get``), every ``connection_recheck_seconds``; a
+status patch is written only when the condition changes, with an Event on each transition.
+It also tells the connectors to drop pooled clients when a Connection changes or is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
+
+from kumulus.connectors import base as connectors
+from kumulus.domain import connection as rules
+from kumulus.domain.connection import Ready, SecretState
+from kumulus.domain.settings import Settings
+from kumulus.k8s import events, secrets
+from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found
+
+log = logging.getLogger("kumulus.connections")
+
+Connection: Any = create_namespaced_resource(GROUP, VERSION, "Connection", "connections")
+
+Key = tuple[str, str]
+
+
+async def get_connection(namespace: str, name: str) -> dict[str, Any] | None:
+    """The Connection as a dict, or ``None`` if it does not exist."""
+    try:
+        obj = await client().get(Connection, name, namespace=namespace)
+    except ApiError as err:
+        if is_not_found(err):
+            return None
+        raise
+    result: dict[str, Any] = obj.to_dict() if not isinstance(obj, dict) else obj
+    return result
+
+
+async def patch_connection_status(
+    namespace: str, name: str, status: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Merge-patch the Connection's status; ``None`` if it is gone."""
+    try:
+        obj = await client().patch(
+            Connection.Status,
+            name,
+            {"status": dict(status)},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+    except ApiError as err:
+        if is_not_found(err):
+            return None
+        raise
+    result: dict[str, Any] = obj.to_dict() if not isinstance(obj, dict) else obj
+    return result
+
+
+def load_type(type_: str) -> tuple[connectors.Connector | None, tuple[str, str] | None]:
+    """The connector for ``type_`` or ``(None, (reason, message))`` when it cannot be used."""
+    try:
+        return connectors.get_connector(type_), None
+    except connectors.UnknownConnectorTypeError as err:
+        return None, ("UnknownType", str(err)[:1000])
+    except connectors.ConnectorUnavailableError as err:
+        return None, ("ConnectorUnavailable", str(err)[:1000])
+
+
+async def evaluate(body: Mapping[str, Any]) -> Ready:
+    """The Ready condition of a Connection (reads its Secret; never returns a secret)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    namespace = str(meta.get("namespace") or "default")
+    type_ = str(spec.get("type") or "")
+    secret_name = (spec.get("secretRef") or {}).get("name")
+    connector, type_problem = load_type(type_)
+    state = SecretState.NONE
+    detail = ""
+    secret: dict[str, str] = {}
+    if secret_name:
+        try:
+            data = await secrets.read_secret_data(namespace, str(secret_name))
+        except secrets.SecretForbiddenError as err:
+            state, detail = SecretState.FORBIDDEN, str(err)
+        else:
+            if data is None:
+                state = SecretState.MISSING
+            else:
+                try:
+                    secret = rules.decode_secret(data)
+                    state = SecretState.PRESENT
+                except rules.InputError as err:
+                    state, detail = SecretState.INVALID, str(err)
+    problems: list[str] = []
+    if connector is not None and state in (SecretState.NONE, SecretState.PRESENT):
+        values = rules.merge_inputs(spec.get("values"), secret, None)
+        try:
+            problems = connector.validate(values, partial=True)
+        except Exception as exc:  # a plugin's bug must not stop the keeper
+            problems = [f"the {type_} connector's validate() failed: {type(exc).__name__}"]
+        texts = rules.secret_texts(secret, values, connector.secret_keys)
+        problems = [rules.redact(p, texts) for p in problems]
+    return rules.connection_ready(
+        type_=type_,
+        type_problem=type_problem,
+        secret_name=str(secret_name) if secret_name else None,
+        secret_state=state,
+        secret_detail=detail,
+        problems=problems,
+    )
+
+
+class ConnectionKeeper:
+    """Keeps ``status.conditions[Ready]`` of every watched Connection up to date."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def watched(self, namespace: str) -> bool:
+        return not self.settings.namespaces or namespace in self.settings.namespaces
+
+    def on_connection(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event of a Connection (``None`` type = initial listing)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        if not self.watched(key[0]):
+            return
+        old = self.bodies.get(key)
+        if event_type == "DELETED":
+            self.bodies.pop(key, None)
+            self._spawn(self._discard(key, "deleted"))
+            return
+        self.bodies[key] = copy.deepcopy(dict(body))
+        if old is not None and (old.get("metadata") or {}).get("generation") != meta.get(
+            "generation"
+        ):
+            self._spawn(self._discard(key, "changed"))
+        self.trigger(key)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _discard(self, key: Key, why: str) -> None:
+        for connector in connectors.loaded_connectors():
+            try:
+                await connector.discard(*key)
+            except Exception as exc:
+                log.warning(
+                    "Failed to drop pooled %s clients of Connection %s/%s (%s): %s.",
+                    connector.type,
+                    *key,
+                    why,
+                    type(exc).__name__,
+                )
+
+    def trigger(self, key: Key) -> None:
+        """Check ``key`` soon; bursts of triggers coalesce into one more check."""
+        if key in self._running:
+            self._dirty.add(key)
+            return
+        self._running.add(key)
+        self._spawn(self._check_loop(key))
+
+    async def _check_loop(self, key: Key) -> None:
+        try:
+            while True:
+                self._dirty.discard(key)
+                try:
+                    await self.check(key)
+                except Exception as exc:
+                    log.warning(
+                        "Failed to check Connection %s/%s: %s: %s.",
+                        *key,
+                        type(exc).__name__,
+                        exc,
+                    )
+                if key not in self._dirty:
+                    break
+        finally:
+            self._running.discard(key)
+
+    async def check(self, key: Key) -> None:
+        """Evaluate one Connection and patch its status when the condition changed."""
+        body = self.bodies.get(key)
+        if body is None:
+            return
+        ready = await evaluate(body)
+        patch = rules.connection_status_patch(body, ready, datetime.now(UTC))
+        if patch is None:
+            return
+        patched = await patch_connection_status(*key, patch)
+        if patched is None:
+            return
+        if key in self.bodies:
+            self.bodies[key] = patched
+        before = next(
+            (
+                c
+                for c in (body.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ),
+            None,
+        )
+        changed = before is None or before.get("status") != ("True" if ready.status else "False")
+        if changed or (before is not None and before.get("reason") != ready.reason):
+            state = "ready" if ready.status else f"not ready ({ready.reason})"
+            log.info("Marked Connection %s/%s %s.", *key, state)
+            await events.post_event(
+                patched,
+                "Normal" if ready.status else "Warning",
+                "Ready" if ready.status else ready.reason,
+                f"Connection {key[1]} is {state}: {ready.message}",
+            )
+
+    async def _recheck_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.connection_recheck_seconds, 1.0))
+            for key in list(self.bodies):
+                self.trigger(key)
+
+    def start(self) -> None:
+        """Start the periodic re-check (Secrets are not watched)."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._recheck_forever())
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for task in [*self._tasks, *([self._loop_task] if self._loop_task else [])]:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._loop_task = None

@@ -1,0 +1,254 @@
+"""Webhooks on the operator's side: the keeper of ``url``, ``Ready`` and ``observedGeneration``.
+
+The webhook service serves calls; the operator tells users whether a Webhook can be served:
+``Ready`` is True when the Webhook is enabled, its Flow exists and every referenced Secret has
+its key (key names only are looked at; values are never kept, logged or copied). The keeper
+re-checks a Webhook on each of its watch events, on each event of a Flow it references, and
+every ``webhook_recheck_seconds`` (Secrets are not watched by the operator). It writes a
+status patch only when something changed, with an Event on each Ready transition.
+``status.lastTriggeredTime`` belongs to the webhook service and is never touched here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
+from pydantic import ValidationError
+
+from kumulus.domain import lifecycle
+from kumulus.domain import webhook as rules
+from kumulus.domain.settings import Settings
+from kumulus.k8s import events, executions
+from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found, status_code
+
+log = logging.getLogger("kumulus.webhooks")
+
+Webhook: Any = create_namespaced_resource(GROUP, VERSION, "Webhook", "webhooks")
+
+Key = tuple[str, str]
+
+FORBIDDEN: frozenset[str] = frozenset({"\0forbidden"})
+"""Marker returned by :func:`secret_keys` when RBAC denies reading the Secret."""
+
+
+async def secret_keys(namespace: str, name: str) -> frozenset[str] | None:
+    """The keys of a Secret that have a non-empty value; ``None`` if there is no such Secret.
+
+    Only key names leave this function.
+    """
+    try:
+        secret = await client().get(Secret, name, namespace=namespace)
+    except ApiError as err:
+        if is_not_found(err):
+            return None
+        if status_code(err) == 403:
+            return FORBIDDEN
+        raise
+    return frozenset(k for k, v in (secret.data or {}).items() if v)
+
+
+async def patch_webhook_status(
+    namespace: str, name: str, status: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Merge-patch the Webhook's status; ``None`` if it is gone."""
+    try:
+        obj = await client().patch(
+            Webhook.Status,
+            name,
+            {"status": dict(status)},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+    except ApiError as err:
+        if is_not_found(err):
+            return None
+        raise
+    result: dict[str, Any] = obj.to_dict() if not isinstance(obj, dict) else obj
+    return result
+
+
+async def evaluate(body: Mapping[str, Any]) -> rules.Readiness:
+    """The Ready condition of a Webhook (reads its Flow and its Secrets' key names)."""
+    meta = body.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "default")
+    try:
+        spec = rules.parse_webhook(body).spec
+    except (ValidationError, ValueError) as err:
+        return rules.Readiness(False, "Invalid", f"The webhook is not valid: {err}"[:1000])
+    flow = await executions.get_flow(namespace, spec.flow_ref.name)
+    found: dict[str, frozenset[str] | None] = {}
+    forbidden: list[str] = []
+    for _, secret, _ in rules.referenced_secrets(spec):
+        if secret in found:
+            continue
+        keys = await secret_keys(namespace, secret)
+        if keys is FORBIDDEN:
+            forbidden.append(secret)
+        found[secret] = keys
+    if forbidden:
+        return rules.Readiness(
+            False,
+            "SecretForbidden",
+            f"The operator may not read Secret(s) {', '.join(forbidden)} to check them.",
+        )
+    return rules.readiness(spec, flow is not None, found)
+
+
+def status_patch(
+    body: Mapping[str, Any], ready: rules.Readiness, base_url: str, now: datetime
+) -> dict[str, Any] | None:
+    """The status patch that records ``ready``, or ``None`` if the status says it already."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+    raw_generation = meta.get("generation")
+    generation = int(raw_generation) if raw_generation is not None else None
+    url = rules.webhook_url(base_url, namespace, name)
+    current = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if (
+        current is not None
+        and status.get("url") == url
+        and status.get("observedGeneration") == generation
+        and current.get("status") == ("True" if ready.ok else "False")
+        and current.get("reason") == ready.reason
+        and current.get("message") == ready.message
+        and current.get("observedGeneration") == generation
+    ):
+        return None
+    conditions = lifecycle.set_condition(
+        status.get("conditions") or [],
+        "Ready",
+        ready.ok,
+        ready.reason,
+        ready.message,
+        generation,
+        now,
+    )
+    return {"url": url, "conditions": conditions, "observedGeneration": generation}
+
+
+class WebhookKeeper:
+    """Keeps ``status.url``, ``Ready`` and ``observedGeneration`` of every watched Webhook."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def watched(self, namespace: str) -> bool:
+        return not self.settings.namespaces or namespace in self.settings.namespaces
+
+    def on_webhook(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event of a Webhook (``None`` type = initial listing)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        if not self.watched(key[0]):
+            return
+        if event_type == "DELETED":
+            self.bodies.pop(key, None)
+            return
+        self.bodies[key] = copy.deepcopy(dict(body))
+        self.trigger(key)
+
+    def on_flow(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A Flow appeared, changed or went: re-check the Webhooks that start it."""
+        if event_type is None:  # the initial listing: Webhooks are checked on their own
+            return
+        meta = body.get("metadata") or {}
+        namespace, flow = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        for key, hook in list(self.bodies.items()):
+            ref = ((hook.get("spec") or {}).get("flowRef") or {}).get("name")
+            if key[0] == namespace and ref == flow:
+                self.trigger(key)
+
+    def trigger(self, key: Key) -> None:
+        """Check ``key`` soon; bursts of triggers coalesce into one more check."""
+        if key in self._running:
+            self._dirty.add(key)
+            return
+        self._running.add(key)
+        task = asyncio.get_running_loop().create_task(self._check_loop(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check_loop(self, key: Key) -> None:
+        try:
+            while True:
+                self._dirty.discard(key)
+                try:
+                    await self.check(key)
+                except Exception as exc:
+                    log.warning("Failed to check Webhook %s/%s: %s.", *key, type(exc).__name__)
+                if key not in self._dirty:
+                    break
+        finally:
+            self._running.discard(key)
+
+    async def check(self, key: Key) -> None:
+        """Evaluate one Webhook and patch its status when something changed."""
+        body = self.bodies.get(key)
+        if body is None:
+            return
+        ready = await evaluate(body)
+        patch = status_patch(body, ready, self.settings.webhook_base_url, datetime.now(UTC))
+        if patch is None:
+            return
+        patched = await patch_webhook_status(*key, patch)
+        if patched is None:
+            return
+        if key in self.bodies:
+            self.bodies[key] = patched
+        before = next(
+            (
+                c
+                for c in (body.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ),
+            None,
+        )
+        value = "True" if ready.ok else "False"
+        if before is None or before.get("status") != value or before.get("reason") != ready.reason:
+            state = "Ready" if ready.ok else f"not Ready ({ready.reason})"
+            if ready.ok:
+                log.info("Marked Webhook %s/%s Ready.", *key)
+            else:
+                log.warning("Marked Webhook %s/%s not Ready: %s", *key, ready.message)
+            await events.post_event(
+                patched,
+                "Normal" if ready.ok else "Warning",
+                ready.reason,
+                f"Webhook {key[1]} is {state}: {ready.message}",
+            )
+
+    async def _recheck_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.webhook_recheck_seconds, 1.0))
+            for key in list(self.bodies):
+                self.trigger(key)
+
+    def start(self) -> None:
+        """Start the periodic re-check."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._recheck_forever())
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *([self._loop_task] if self._loop_task else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._loop_task = None

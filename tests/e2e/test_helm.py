@@ -1,0 +1,233 @@
+"""Kumulus installed by its Helm chart on the dev cluster: install, run, upgrade, uninstall.
+
+The node agent runs the chart's operator and webhook Pods as local processes, each with its
+own ServiceAccount token, so this exercises the chart's RBAC for real: the operator reconciles
+example 01 with nothing but the chart's ClusterRole. Their ports are host ports on the dev
+node, so the test binds them to 127.0.0.1 on free ports.
+
+The session ``operator`` fixture must not reconcile the same objects meanwhile:
+``session_operator_stopped`` stops it for this test (if the session runs it) and restarts it
+afterwards. The CRDs may already exist (applied by ``kubectl`` for the session operator); the
+test hands them over to the release the way a user adopts existing objects (Helm's ownership
+annotations) and ``crds.keep`` leaves them in place on uninstall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kumulus.devcluster.paths import bin_cache_dir, read_versions
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kumulus"
+EXAMPLE = REPO / "examples" / "01-hello-flow"
+RELEASE = "khelm"
+CRDS = ("flows", "executions", "schedules", "connections", "webhooks")
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def helm_binary() -> Path:
+    explicit = os.environ.get("HELM")
+    path = (
+        Path(explicit)
+        if explicit
+        else bin_cache_dir() / f"helm-{read_versions()['HELM_VERSION']}" / "helm"
+    )
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"no helm at {path}: run `make binaries` (or set HELM)")
+    return path
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:  # only loopback
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def test_helm_install_run_upgrade_uninstall(
+    kubeconfig: Path,
+    kubectl: Kubectl,
+    namespace: str,
+    session_operator_stopped: None,
+    wait_phase: Callable[..., dict[str, Any]],
+) -> None:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+
+    def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(helm_binary()), *args, "-n", namespace],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def pods(component: str | None = None) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/instance={RELEASE}"
+        if component:
+            selector += f",app.kubernetes.io/component={component}"
+        out = kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout
+        items: list[dict[str, Any]] = json.loads(out)["items"]
+        return items
+
+    def running(component: str, env_name: str, value: str) -> dict[str, Any] | None:
+        """The component's only Pod once it runs with ``env_name=value`` (old Pods gone)."""
+        found = pods(component)
+        if len(found) != 1 or found[0]["status"].get("phase") != "Running":
+            return None
+        env_vars = {e["name"]: e.get("value") for e in found[0]["spec"]["containers"][0]["env"]}
+        return found[0] if env_vars.get(env_name) == value else None
+
+    # Adopt CRDs that exist already (kubectl-applied) into the release; none is also fine.
+    for plural in CRDS:
+        crd = f"crd/{plural}.kumulus.dev"
+        if kubectl("get", crd, check=False).returncode == 0:
+            kubectl(
+                "annotate", crd, "--overwrite",
+                f"meta.helm.sh/release-name={RELEASE}",
+                f"meta.helm.sh/release-namespace={namespace}",
+            )  # fmt: skip
+            kubectl("label", crd, "--overwrite", "app.kubernetes.io/managed-by=Helm")
+
+    op_port, webhook_port = free_port(), free_port()
+    values = [
+        "--set", "operator.liveness.host=127.0.0.1",
+        "--set", f"operator.liveness.port={op_port}",
+        "--set", "webhook.host=127.0.0.1",
+        "--set", f"webhook.port={webhook_port}",
+        "--set", "operator.settings.podStartDeadlineSeconds=60",
+    ]  # fmt: skip
+    installed = False
+    try:
+        out = helm("install", RELEASE, str(CHART), *values, "--wait", "--timeout", "2m").stdout
+        installed = True
+        # NOTES.txt: the webhook URL and a first command.
+        assert f"http://{RELEASE}-kumulus-webhook.{namespace}.svc/api/latest/webhook/" in out
+        assert "kumulus run hello --input who=Kumulus --wait" in out
+        kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            *[f"crd/{p}.kumulus.dev" for p in CRDS],
+        )  # fmt: skip
+
+        # The operator and the webhook service run as the chart's ServiceAccounts.
+        op_pod = wait_until(
+            "the operator Pod",
+            lambda: running("operator", "KUMULUS_POD_START_DEADLINE_SECONDS", "60"),
+        )
+        assert op_pod["spec"]["serviceAccountName"] == f"{RELEASE}-kumulus-operator"
+        wait_until(
+            "the operator's /healthz", lambda: http_ok(f"http://127.0.0.1:{op_port}/healthz")
+        )
+        # The webhook service answers 200 only once it listed Webhooks and Flows cluster-wide
+        # with its own ClusterRole.
+        wait_until(
+            "the webhook service's /healthz",
+            lambda: http_ok(f"http://127.0.0.1:{webhook_port}/healthz"),
+        )
+
+        # Example 01 through this installation.
+        kubectl("apply", "-n", namespace, "-f", str(EXAMPLE / "flow.yaml"))
+        kubectl("apply", "-n", namespace, "-f", str(EXAMPLE / "execution.yaml"))
+        done = wait_phase("hello-world", namespace, ("Succeeded", "Failed", "Cancelled"), 120)
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        assert done["status"]["outputs"] == {"greeting": "Hello, Kumulus!"}
+        # The operator made the runner identity, bound to the release's runner ClusterRole.
+        binding = json.loads(
+            kubectl("get", "rolebinding", "kumulus-runner", "-n", namespace, "-o", "json").stdout
+        )
+        assert binding["roleRef"]["name"] == f"{RELEASE}-kumulus-runner"
+
+        # Upgrade with a changed value: the operator Pod is replaced by one with the new env,
+        # and that operator runs flows too.
+        helm(
+            "upgrade", RELEASE, str(CHART), "--reuse-values",
+            "--set", "operator.settings.podStartDeadlineSeconds=75",
+            "--wait", "--timeout", "2m",
+        )  # fmt: skip
+        wait_until(
+            "the upgraded operator Pod",
+            lambda: running("operator", "KUMULUS_POD_START_DEADLINE_SECONDS", "75"),
+        )
+        wait_until(
+            "the operator's /healthz", lambda: http_ok(f"http://127.0.0.1:{op_port}/healthz")
+        )
+        second = yaml.safe_load((EXAMPLE / "execution.yaml").read_text())
+        second["metadata"]["name"] = "hello-after-upgrade"
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(second))
+        done = wait_phase(
+            "hello-after-upgrade", namespace, ("Succeeded", "Failed", "Cancelled"), 120
+        )
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+
+        # The connection executor moves out of the operator into a Deployment of its own,
+        # running as its own ServiceAccount with the connection executor's ClusterRole.
+        ce_port = free_port()
+        helm(
+            "upgrade", RELEASE, str(CHART), "--reuse-values",
+            "--set", "connectionExecutor.separate=true",
+            "--set", "connectionExecutor.liveness.host=127.0.0.1",
+            "--set", f"connectionExecutor.liveness.port={ce_port}",
+        )  # fmt: skip
+        wait_until(
+            "the operator Pod without the connection executor",
+            lambda: running("operator", "KUMULUS_CONNECTION_EXECUTOR_INLINE", "false"),
+        )
+        ce_pod = wait_until(
+            "the connection executor Pod",
+            lambda: running("connection-executor", "KUMULUS_CONNECTION_EXECUTOR_INLINE", "false"),
+        )
+        assert ce_pod["spec"]["serviceAccountName"] == f"{RELEASE}-kumulus-connection-executor"
+        wait_until(
+            "the connection executor's /healthz",
+            lambda: http_ok(f"http://127.0.0.1:{ce_port}/healthz"),
+            timeout=60,
+        )
+
+        # Uninstall leaves no Kumulus Pods behind (and keeps the CRDs: crds.keep).
+        helm("uninstall", RELEASE, "--wait", "--timeout", "2m")
+        installed = False
+        wait_until("the release's Pods to go", lambda: not pods(), timeout=60)
+        assert kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.strip() == ""
+        roles = kubectl("get", "clusterroles", "-o", "name").stdout.split()
+        assert not [r for r in roles if f"/{RELEASE}-kumulus" in r]
+        for plural in CRDS:
+            kubectl("get", f"crd/{plural}.kumulus.dev")
+    finally:
+        if installed:
+            helm("uninstall", RELEASE, "--wait", "--timeout", "1m", check=False)

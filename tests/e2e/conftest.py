@@ -97,6 +97,7 @@ def operator(
             "KUMULUS_POD_START_DEADLINE_SECONDS", "60"
         ),
         "KUMULUS_WEBHOOK_RECHECK_SECONDS": "3",
+        "KUMULUS_FLOW_RECHECK_SECONDS": "2",
         "PYTHONUNBUFFERED": "1",
     }
     op = Operator(kubeconfig, log_path, env)

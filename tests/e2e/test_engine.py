@@ -389,3 +389,33 @@ def test_execution_created_before_its_flow_waits_for_it(
     ex = wait_phase("early-1", namespace, ("Succeeded", "Failed"))
     assert ex["status"]["phase"] == "Succeeded", ex["status"]
     assert ex["status"]["outputs"] == {"greeting": "hello order"}
+
+
+def flow_ready(kubectl: Kubectl, namespace: str, name: str, reason: str) -> dict[str, Any]:
+    """Poll the Flow until its Ready condition has ``reason``; return that condition."""
+    deadline = time.monotonic() + 60
+    ready: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        out = kubectl("get", "flow", name, "-n", namespace, "-o", "json").stdout
+        conds = (json.loads(out).get("status") or {}).get("conditions") or []
+        ready = next((c for c in conds if c["type"] == "Ready"), {})
+        if ready.get("reason") == reason:
+            return ready
+        time.sleep(0.25)
+    pytest.fail(f"Flow {namespace}/{name} never got Ready reason {reason}; last: {ready}")
+
+
+def test_code_from_configmap_created_later_and_changed(
+    operator: Operator, namespace: str, apply: Apply, kubectl: Kubectl, wait_phase: WaitPhase
+) -> None:
+    # GitOps may apply the Flow before its ConfigMap, and may change the ConfigMap alone.
+    spec = {"codeFrom": {"configMapKeyRef": {"name": "late-code", "key": "flow.py"}}}
+    apply({"apiVersion": "kumulus.dev/v1alpha1", "kind": "Flow",
+           "metadata": {"name": "from-cm"}, "spec": spec}, namespace)  # fmt: skip
+    assert flow_ready(kubectl, namespace, "from-cm", "CodeNotFound")["status"] == "False"
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late-code"}}
+    apply({**configmap, "data": {"flow.py": HELLO}}, namespace)
+    assert flow_ready(kubectl, namespace, "from-cm", "Compiled")["status"] == "True"
+    apply({**configmap, "data": {"flow.py": "def handler(system, this):\n    x = (\n"}}, namespace)
+    broken = flow_ready(kubectl, namespace, "from-cm", "SyntaxError")
+    assert broken["status"] == "False" and broken["message"].startswith("Line ")

@@ -52,6 +52,9 @@ class Settings:
     Lets ``kubectl apply -f dir/`` and GitOps tools create a Flow and its Executions in any order.
     """
 
+    flow_recheck_seconds: float = 30.0
+    """How often Flows with ``codeFrom`` are checked again (their ConfigMap appeared or changed)."""
+
     default_ttl_seconds: int | None = None
     """``ttlSecondsAfterFinished`` for Executions that do not set it; ``None`` keeps them."""
 

@@ -4,10 +4,17 @@ A Flow is Ready when its code (inline ``spec.code`` or ``spec.codeFrom.configMap
 compiles and defines its handler. A syntax error gives ``Ready=False``, reason
 ``SyntaxError`` and the line in the message, so it shows before any Execution runs the Flow.
 Executions of a Flow that is not Ready fail at once with reason ``FlowNotReady``.
+
+Flows with ``codeFrom`` are checked again every ``flow_recheck_seconds``: their ConfigMap may
+appear after the Flow (GitOps applies in any order) or change without the Flow changing. The
+operator reads ConfigMaps with ``get`` only, so it polls the referenced keys rather than
+watching every ConfigMap of the cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +48,11 @@ async def flow_event(event: kopf.RawEvent, **_: Any) -> None:
     engine().on_flow(event.get("type"), body)
     if event.get("type") == "DELETED":
         return
+    await check_flow(body)
+
+
+async def check_flow(body: dict[str, Any]) -> None:
+    """Check the Flow's code; write Ready, observedGeneration and codeHash where they changed."""
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace")), str(meta.get("name"))
     spec = body.get("spec") or {}
@@ -82,3 +94,37 @@ async def flow_event(event: kopf.RawEvent, **_: Any) -> None:
     else:
         log.warning("Marked Flow %s/%s not Ready: %s", namespace, name, check.message)
         await events.post_event(body, "Warning", check.reason, f"Flow {name}: {check.message}")
+
+
+_recheck: asyncio.Task[None] | None = None
+
+
+async def _recheck_code_from(interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        for body in list(engine().flows.values()):
+            if not (body.get("spec") or {}).get("codeFrom"):
+                continue
+            meta = body.get("metadata") or {}
+            try:
+                await check_flow(body)
+            except Exception:
+                log.exception(
+                    "Failed to check Flow %s/%s again.", meta.get("namespace"), meta.get("name")
+                )
+
+
+@kopf.on.startup()
+async def start_flow_recheck(**_: Any) -> None:
+    """Start the periodic check of Flows whose code lives in a ConfigMap."""
+    global _recheck
+    _recheck = asyncio.create_task(_recheck_code_from(engine().settings.flow_recheck_seconds))
+
+
+@kopf.on.cleanup()
+async def stop_flow_recheck(**_: Any) -> None:
+    """Stop the periodic check."""
+    if _recheck is not None:
+        _recheck.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await _recheck

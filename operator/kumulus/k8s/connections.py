@@ -10,9 +10,6 @@ It also tells the connectors to drop pooled clients when a Connection changes or
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import copy
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,13 +24,12 @@ from kumulus.domain import connection as rules
 from kumulus.domain.connection import Ready, SecretState
 from kumulus.domain.settings import Settings
 from kumulus.k8s import events, secrets
+from kumulus.k8s.keeper import Key, StatusKeeper, object_key, ready_transition
 from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found
 
 log = logging.getLogger("kumulus.connections")
 
 Connection: Any = create_namespaced_resource(GROUP, VERSION, "Connection", "connections")
-
-Key = tuple[str, str]
 
 
 async def get_connection(namespace: str, name: str) -> dict[str, Any] | None:
@@ -122,42 +118,28 @@ async def evaluate(body: Mapping[str, Any]) -> Ready:
     )
 
 
-class ConnectionKeeper:
+class ConnectionKeeper(StatusKeeper):
     """Keeps ``status.conditions[Ready]`` of every watched Connection up to date."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.bodies: dict[Key, dict[str, Any]] = {}
-        self._running: set[Key] = set()
-        self._dirty: set[Key] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
+    kind = "Connection"
 
-    def watched(self, namespace: str) -> bool:
-        return not self.settings.namespaces or namespace in self.settings.namespaces
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.namespaces, settings.connection_recheck_seconds)
+        self.settings = settings
 
     def on_connection(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event of a Connection (``None`` type = initial listing)."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
-        if not self.watched(key[0]):
+        old = self.bodies.get(object_key(body))
+        key = self.store(event_type, body)
+        if key is None:
             return
-        old = self.bodies.get(key)
         if event_type == "DELETED":
-            self.bodies.pop(key, None)
-            self._spawn(self._discard(key, "deleted"))
+            self.spawn(self._discard(key, "deleted"))
             return
-        self.bodies[key] = copy.deepcopy(dict(body))
-        if old is not None and (old.get("metadata") or {}).get("generation") != meta.get(
-            "generation"
-        ):
-            self._spawn(self._discard(key, "changed"))
+        generation = (body.get("metadata") or {}).get("generation")
+        if old is not None and (old.get("metadata") or {}).get("generation") != generation:
+            self.spawn(self._discard(key, "changed"))
         self.trigger(key)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _discard(self, key: Key, why: str) -> None:
         for connector in connectors.loaded_connectors():
@@ -171,32 +153,6 @@ class ConnectionKeeper:
                     why,
                     type(exc).__name__,
                 )
-
-    def trigger(self, key: Key) -> None:
-        """Check ``key`` soon; bursts of triggers coalesce into one more check."""
-        if key in self._running:
-            self._dirty.add(key)
-            return
-        self._running.add(key)
-        self._spawn(self._check_loop(key))
-
-    async def _check_loop(self, key: Key) -> None:
-        try:
-            while True:
-                self._dirty.discard(key)
-                try:
-                    await self.check(key)
-                except Exception as exc:
-                    log.warning(
-                        "Failed to check Connection %s/%s: %s: %s.",
-                        *key,
-                        type(exc).__name__,
-                        exc,
-                    )
-                if key not in self._dirty:
-                    break
-        finally:
-            self._running.discard(key)
 
     async def check(self, key: Key) -> None:
         """Evaluate one Connection and patch its status when the condition changed."""
@@ -212,16 +168,7 @@ class ConnectionKeeper:
             return
         if key in self.bodies:
             self.bodies[key] = patched
-        before = next(
-            (
-                c
-                for c in (body.get("status") or {}).get("conditions") or []
-                if c.get("type") == "Ready"
-            ),
-            None,
-        )
-        changed = before is None or before.get("status") != ("True" if ready.status else "False")
-        if changed or (before is not None and before.get("reason") != ready.reason):
+        if ready_transition(body, ready.status, ready.reason):
             state = "ready" if ready.status else f"not ready ({ready.reason})"
             log.info("Marked Connection %s/%s %s.", *key, state)
             await events.post_event(
@@ -230,23 +177,3 @@ class ConnectionKeeper:
                 "Ready" if ready.status else ready.reason,
                 f"Connection {key[1]} is {state}: {ready.message}",
             )
-
-    async def _recheck_forever(self) -> None:
-        while True:
-            await asyncio.sleep(max(self.settings.connection_recheck_seconds, 1.0))
-            for key in list(self.bodies):
-                self.trigger(key)
-
-    def start(self) -> None:
-        """Start the periodic re-check (Secrets are not watched)."""
-        if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._recheck_forever())
-
-    async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-        for task in [*self._tasks, *([self._loop_task] if self._loop_task else [])]:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        self._loop_task = None

@@ -11,9 +11,6 @@ status patch only when something changed, with an Event on each Ready transition
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import copy
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -29,13 +26,12 @@ from kumulus.domain import lifecycle
 from kumulus.domain import webhook as rules
 from kumulus.domain.settings import Settings
 from kumulus.k8s import events, executions
+from kumulus.k8s.keeper import Key, StatusKeeper, object_key, ready_transition
 from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found, status_code
 
 log = logging.getLogger("kumulus.webhooks")
 
 Webhook: Any = create_namespaced_resource(GROUP, VERSION, "Webhook", "webhooks")
-
-Key = tuple[str, str]
 
 FORBIDDEN: frozenset[str] = frozenset({"\0forbidden"})
 """Marker returned by :func:`secret_keys` when RBAC denies reading the Secret."""
@@ -137,65 +133,30 @@ def status_patch(
     return {"url": url, "conditions": conditions, "observedGeneration": generation}
 
 
-class WebhookKeeper:
+class WebhookKeeper(StatusKeeper):
     """Keeps ``status.url``, ``Ready`` and ``observedGeneration`` of every watched Webhook."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.bodies: dict[Key, dict[str, Any]] = {}
-        self._running: set[Key] = set()
-        self._dirty: set[Key] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
+    kind = "Webhook"
 
-    def watched(self, namespace: str) -> bool:
-        return not self.settings.namespaces or namespace in self.settings.namespaces
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.namespaces, settings.webhook_recheck_seconds)
+        self.settings = settings
 
     def on_webhook(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event of a Webhook (``None`` type = initial listing)."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
-        if not self.watched(key[0]):
-            return
-        if event_type == "DELETED":
-            self.bodies.pop(key, None)
-            return
-        self.bodies[key] = copy.deepcopy(dict(body))
-        self.trigger(key)
+        key = self.store(event_type, body)
+        if key is not None and event_type != "DELETED":
+            self.trigger(key)
 
     def on_flow(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A Flow appeared, changed or went: re-check the Webhooks that start it."""
         if event_type is None:  # the initial listing: Webhooks are checked on their own
             return
-        meta = body.get("metadata") or {}
-        namespace, flow = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        namespace, flow = object_key(body)
         for key, hook in list(self.bodies.items()):
             ref = ((hook.get("spec") or {}).get("flowRef") or {}).get("name")
             if key[0] == namespace and ref == flow:
                 self.trigger(key)
-
-    def trigger(self, key: Key) -> None:
-        """Check ``key`` soon; bursts of triggers coalesce into one more check."""
-        if key in self._running:
-            self._dirty.add(key)
-            return
-        self._running.add(key)
-        task = asyncio.get_running_loop().create_task(self._check_loop(key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _check_loop(self, key: Key) -> None:
-        try:
-            while True:
-                self._dirty.discard(key)
-                try:
-                    await self.check(key)
-                except Exception as exc:
-                    log.warning("Failed to check Webhook %s/%s: %s.", *key, type(exc).__name__)
-                if key not in self._dirty:
-                    break
-        finally:
-            self._running.discard(key)
 
     async def check(self, key: Key) -> None:
         """Evaluate one Webhook and patch its status when something changed."""
@@ -211,16 +172,7 @@ class WebhookKeeper:
             return
         if key in self.bodies:
             self.bodies[key] = patched
-        before = next(
-            (
-                c
-                for c in (body.get("status") or {}).get("conditions") or []
-                if c.get("type") == "Ready"
-            ),
-            None,
-        )
-        value = "True" if ready.ok else "False"
-        if before is None or before.get("status") != value or before.get("reason") != ready.reason:
+        if ready_transition(body, ready.ok, ready.reason):
             state = "Ready" if ready.ok else f"not Ready ({ready.reason})"
             if ready.ok:
                 log.info("Marked Webhook %s/%s Ready.", *key)
@@ -232,23 +184,3 @@ class WebhookKeeper:
                 ready.reason,
                 f"Webhook {key[1]} is {state}: {ready.message}",
             )
-
-    async def _recheck_forever(self) -> None:
-        while True:
-            await asyncio.sleep(max(self.settings.webhook_recheck_seconds, 1.0))
-            for key in list(self.bodies):
-                self.trigger(key)
-
-    def start(self) -> None:
-        """Start the periodic re-check."""
-        if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._recheck_forever())
-
-    async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._loop_task] if self._loop_task else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        self._loop_task = None

@@ -108,17 +108,83 @@ def install_kumulus(kubeconfig: Path) -> None:
         kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(manifest))
 
 
+@dataclass(frozen=True)
+class BackgroundProcess:
+    """A dev process of this checkout (operator, webhook service): pid file, log, health."""
+
+    title: str
+    pid_file: Path
+    log_file: Path
+
+    def running_pid(self) -> int | None:
+        """The pid of this process if the state folder has it running."""
+        if self.pid_file.exists():
+            pid = int(self.pid_file.read_text())
+            if _alive(pid):
+                return pid
+        return None
+
+    def start(self, argv: list[str], env: dict[str, str], health_url: str) -> int:
+        """Starts ``argv`` in its own session and waits until ``health_url`` answers 200."""
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=REPO,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = self.log_file.read_text(errors="replace")[-3000:]
+                raise SystemExit(f"The {self.title} exited with code {proc.returncode}:\n{tail}")
+            try:
+                # health_url is always http://127.0.0.1:<port>/healthz, built by this module.
+                with urllib.request.urlopen(health_url, timeout=2) as r:  # noqa: S310
+                    if r.status == 200:
+                        return proc.pid
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"The {self.title} did not become healthy in 60 s; see {self.log_file}.")
+
+    def stop(self) -> None:
+        """SIGTERM to its process group, SIGKILL after 10 s; forgets the pid."""
+        pid = self.running_pid()
+        if pid is not None:
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+            print(f"Stopped the {self.title} (pid {pid}).")
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _operator(paths: DevPaths) -> BackgroundProcess:
+    return BackgroundProcess("operator", paths.operator_pid, paths.operator_log)
+
+
+def _webhook(paths: DevPaths) -> BackgroundProcess:
+    return BackgroundProcess("webhook service", paths.webhook_pid, paths.webhook_log)
+
+
 def start_operator(paths: DevPaths, extra_env: dict[str, str] | None = None) -> int:
     """Starts ``kopf run -m kumulus.handlers`` in the background; returns its pid.
 
     Reuses an operator that this state folder already runs.
     """
-    if paths.operator_pid.exists():
-        pid = int(paths.operator_pid.read_text())
-        if _alive(pid):
-            print(f"Reused the running operator (pid {pid}).")
-            return pid
-    paths.operator_log.parent.mkdir(parents=True, exist_ok=True)
+    process = _operator(paths)
+    pid = process.running_pid()
+    if pid is not None:
+        print(f"Reused the running operator (pid {pid}).")
+        return pid
     port = _free_port()
     env = {
         **os.environ,
@@ -126,57 +192,17 @@ def start_operator(paths: DevPaths, extra_env: dict[str, str] | None = None) -> 
         "KUMULUS_LOG_FORMAT": os.environ.get("KUMULUS_LOG_FORMAT", "plain"),
         **(extra_env or {}),
     }
-    with paths.operator_log.open("ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kopf",
-                "run",
-                "-m",
-                "kumulus.handlers",
-                "--all-namespaces",
-                "--standalone",
-                f"--liveness=http://127.0.0.1:{port}/healthz",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=REPO,
-        )
-    paths.operator_pid.write_text(str(proc.pid))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = paths.operator_log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"The operator exited with code {proc.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    print(f"Started the operator (pid {proc.pid}), log {paths.operator_log}.")
-                    return proc.pid
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"The operator did not become healthy in 60 s; see {paths.operator_log}.")
+    health = f"http://127.0.0.1:{port}/healthz"
+    argv = [sys.executable, "-m", "kopf", "run", "-m", "kumulus.handlers"]
+    argv += ["--all-namespaces", "--standalone", f"--liveness={health}"]
+    pid = process.start(argv, env, health)
+    print(f"Started the operator (pid {pid}), log {paths.operator_log}.")
+    return pid
 
 
 def stop_operator(paths: DevPaths) -> None:
     """Stops the background operator (SIGTERM, then SIGKILL after 10 s)."""
-    if not paths.operator_pid.exists():
-        return
-    pid = int(paths.operator_pid.read_text())
-    if _alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        print(f"Stopped the operator (pid {pid}).")
-    paths.operator_pid.unlink(missing_ok=True)
+    _operator(paths).stop()
 
 
 def start_webhook(paths: DevPaths, extra_env: dict[str, str] | None = None) -> str:
@@ -184,13 +210,12 @@ def start_webhook(paths: DevPaths, extra_env: dict[str, str] | None = None) -> s
 
     Writes its base URL to ``<state>/webhook-url`` and returns it; reuses a running one.
     """
-    if paths.webhook_pid.exists() and paths.webhook_url.exists():
-        pid = int(paths.webhook_pid.read_text())
-        if _alive(pid):
-            url = paths.webhook_url.read_text().strip()
-            print(f"Reused the running webhook service (pid {pid}) at {url}.")
-            return url
-    paths.webhook_log.parent.mkdir(parents=True, exist_ok=True)
+    process = _webhook(paths)
+    pid = process.running_pid()
+    if pid is not None and paths.webhook_url.exists():
+        url = paths.webhook_url.read_text().strip()
+        print(f"Reused the running webhook service (pid {pid}) at {url}.")
+        return url
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -201,49 +226,15 @@ def start_webhook(paths: DevPaths, extra_env: dict[str, str] | None = None) -> s
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    with paths.webhook_log.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kumulus.webhook"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=REPO,
-        )
-    paths.webhook_pid.write_text(str(proc.pid))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = paths.webhook_log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"The webhook service exited with code {proc.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    paths.webhook_url.write_text(url + "\n")
-                    print(f"Started the webhook service (pid {proc.pid}) at {url}.")
-                    return url
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(
-        f"The webhook service did not become healthy in 60 s; see {paths.webhook_log}."
-    )
+    pid = process.start([sys.executable, "-m", "kumulus.webhook"], env, f"{url}/healthz")
+    paths.webhook_url.write_text(url + "\n")
+    print(f"Started the webhook service (pid {pid}) at {url}.")
+    return url
 
 
 def stop_webhook(paths: DevPaths) -> None:
     """Stops the background webhook service (SIGTERM, then SIGKILL after 10 s)."""
-    if paths.webhook_pid.exists():
-        pid = int(paths.webhook_pid.read_text())
-        if _alive(pid):
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
-            print(f"Stopped the webhook service (pid {pid}).")
-        paths.webhook_pid.unlink(missing_ok=True)
+    _webhook(paths).stop()
     paths.webhook_url.unlink(missing_ok=True)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,11 @@ class Operator:
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        """The operator's ``/metrics`` (``KUMULUS_METRICS_PORT``, a free loopback port)."""
+        return f"http://127.0.0.1:{self.env['KUMULUS_METRICS_PORT']}/metrics"
 
     def start(self) -> None:
         log = self.log_path.open("ab")
@@ -97,6 +103,8 @@ def operator(
             "KUMULUS_POD_START_DEADLINE_SECONDS", "60"
         ),
         "KUMULUS_WEBHOOK_RECHECK_SECONDS": "3",
+        "KUMULUS_METRICS_HOST": "127.0.0.1",
+        "KUMULUS_METRICS_PORT": str(_free_port()),
         "KUMULUS_FLOW_RECHECK_SECONDS": "2",
         "PYTHONUNBUFFERED": "1",
     }
@@ -106,6 +114,13 @@ def operator(
     yield op
     _RUNNING.remove(op)
     op.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 #: The session operator while the ``operator`` fixture holds it (for session_operator_stopped).

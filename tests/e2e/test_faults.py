@@ -17,6 +17,7 @@ once" are checked on the history, not only on the final state.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,8 @@ class FaultCluster:
             {
                 # A burst beyond the node's 110 Pods queues Pods for minutes: not a start failure.
                 "KUMULUS_POD_START_DEADLINE_SECONDS": "900",
+                # After the API server restart, Pods that ended meanwhile are found within 10 s.
+                "KUMULUS_POD_RESYNC_SECONDS": "10",
                 "PYTHONUNBUFFERED": "1",
             },
         )
@@ -122,6 +125,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
         yield fc
     finally:
         stop_operator(DevPaths(state))
+        # Keep the components' and the operator's logs for a post-mortem; down removes state.
+        shutil.copytree(state / "logs", state.parent / "logs", dirs_exist_ok=True)
         fc.launcher("down")
 
 

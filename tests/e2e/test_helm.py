@@ -125,10 +125,13 @@ def test_helm_install_run_upgrade_uninstall(
             )  # fmt: skip
             kubectl("label", crd, "--overwrite", "app.kubernetes.io/managed-by=Helm")
 
-    op_port, webhook_port = free_port(), free_port()
+    op_port, webhook_port, metrics_port = free_port(), free_port(), free_port()
     values = [
         "--set", "operator.liveness.host=127.0.0.1",
         "--set", f"operator.liveness.port={op_port}",
+        "--set", "metrics.host=127.0.0.1",
+        "--set", f"metrics.port={metrics_port}",
+        "--set", f"metrics.connectionExecutorPort={free_port()}",
         "--set", "webhook.host=127.0.0.1",
         "--set", f"webhook.port={webhook_port}",
         "--set", "operator.settings.podStartDeadlineSeconds=60",
@@ -153,6 +156,10 @@ def test_helm_install_run_upgrade_uninstall(
         assert op_pod["spec"]["serviceAccountName"] == f"{RELEASE}-kumulus-operator"
         wait_until(
             "the operator's /healthz", lambda: http_ok(f"http://127.0.0.1:{op_port}/healthz")
+        )
+        wait_until(
+            "the operator's /metrics",
+            lambda: http_ok(f"http://127.0.0.1:{metrics_port}/metrics"),
         )
         # The webhook service answers 200 only once it listed Webhooks and Flows cluster-wide
         # with its own ClusterRole.

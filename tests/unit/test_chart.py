@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from kumulus.devcluster.paths import bin_cache_dir, read_versions
 from kumulus.domain.settings import Settings
@@ -134,6 +137,8 @@ def test_default_render_has_the_expected_objects(default: list[Doc]) -> None:
             ("Deployment", "kumulus-operator"),
             ("Deployment", "kumulus-webhook"),
             ("Service", "kumulus-webhook"),
+            ("Service", "kumulus-operator-metrics"),
+            ("Service", "kumulus-webhook-metrics"),
         ]
     )
     for d in default:
@@ -158,7 +163,10 @@ def test_operator_runs_kopf_with_an_explicit_command_and_a_liveness_probe(
         "-m",
         "kumulus.handlers",
     ]
-    assert c["ports"] == [{"name": "liveness", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "liveness", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8000, "protocol": "TCP"},
+    ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
@@ -178,7 +186,12 @@ def test_operator_env_parses_as_settings_with_the_documented_defaults(default: l
     settings = Settings.from_env(kumulus_env)
     assert settings.runner_image == "ghcr.io/kumulus-dev/kumulus-runner:0.1.0"
     assert settings.webhook_base_url == "http://kumulus-webhook.kumulus-system.svc"
-    chart_derived = {"runner_image": Settings().runner_image, "webhook_base_url": ""}
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 8000)  # in a Pod
+    chart_derived = {
+        "runner_image": Settings().runner_image,
+        "webhook_base_url": "",
+        "metrics_host": Settings().metrics_host,
+    }
     assert dataclasses.replace(settings, **chart_derived) == Settings()
 
 
@@ -198,6 +211,9 @@ def test_values_settings_keys_are_settings_fields() -> None:
         "image_pull_policy",
         "connection_executor_inline",
         "webhook_base_url",
+        "metrics_host",  # metrics.host
+        "metrics_port",  # metrics.port / metrics.connectionExecutorPort
+        "log_format",  # operator.logFormat
     }
     assert {snake_case(k) for k in settings_keys} | chart_managed == {
         f.name for f in dataclasses.fields(Settings)
@@ -603,3 +619,178 @@ def test_notes_name_the_webhook_url_and_a_first_command(tmp_path: Path) -> None:
     assert "http://hooks.example.org/api/latest/webhook/<name>/call" in ingress
     external = render_notes(tmp_path / "e", "webhook.externalUrl=https://k.example.org/")
     assert "https://k.example.org/api/latest/webhook/<name>/call" in external
+
+
+# --------------------------------------------------------------------------- observability
+
+DASHBOARD = CHART / "dashboards" / "kumulus.json"
+
+
+def test_metrics_services_select_the_components_that_serve_metrics(default: list[Doc]) -> None:
+    op = one(default, "Service", "kumulus-operator-metrics")
+    dep = one(default, "Deployment", "kumulus-operator")
+    assert op["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert op["spec"]["ports"] == [
+        {"name": "metrics", "port": 8000, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert op["metadata"]["labels"]["kumulus.dev/metrics"] == "true"
+    # The webhook service answers /metrics on its HTTP port.
+    hook = one(default, "Service", "kumulus-webhook-metrics")
+    assert hook["spec"]["ports"][0]["targetPort"] == "http"
+    assert hook["spec"]["selector"]["app.kubernetes.io/component"] == "webhook"
+    assert not find(default, "ServiceMonitor") and not find(default, "ConfigMap")
+
+
+def test_metrics_disabled_sets_port_zero_and_drops_services() -> None:
+    docs = render("metrics.enabled=false", "metrics.serviceMonitor.enabled=true")
+    assert not [d for d in find(docs, "Service") if d["metadata"]["name"].endswith("-metrics")]
+    assert not find(docs, "ServiceMonitor")
+    c = container(one(docs, "Deployment", "kumulus-operator"))
+    assert Settings.from_env(env_of(c)).metrics_port == 0
+    assert [p["name"] for p in c["ports"]] == ["liveness"]
+
+
+def test_changed_metrics_values_reach_the_operator() -> None:
+    docs = render("metrics.host=127.0.0.1", "metrics.port=9100")
+    c = container(one(docs, "Deployment", "kumulus-operator"))
+    settings = Settings.from_env(env_of(c))
+    assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 9100)
+    assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in c["ports"]
+    assert one(docs, "Service", "kumulus-operator-metrics")["spec"]["ports"][0]["port"] == 9100
+
+
+def test_separate_connection_executor_serves_metrics_on_its_own_port() -> None:
+    docs = render("connectionExecutor.separate=true", "metrics.connectionExecutorPort=9101")
+    c = container(one(docs, "Deployment", "kumulus-connection-executor"))
+    assert Settings.from_env(env_of(c)).metrics_port == 9101
+    assert {"name": "metrics", "containerPort": 9101, "protocol": "TCP"} in c["ports"]
+    svc = one(docs, "Service", "kumulus-connection-executor-metrics")
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "connection-executor"
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_service_monitor_is_rendered_only_when_enabled() -> None:
+    docs = render(
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.interval=15s",
+        "metrics.serviceMonitor.labels.release=prometheus",
+        "connectionExecutor.separate=true",
+    )
+    sm = one(docs, "ServiceMonitor", "kumulus")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # It selects exactly the metrics Services (each has a port named "metrics").
+    wanted = sm["spec"]["selector"]["matchLabels"]
+    selected = sorted(
+        d["metadata"]["name"]
+        for d in find(docs, "Service")
+        if wanted.items() <= d["metadata"]["labels"].items()
+    )
+    assert selected == [
+        "kumulus-connection-executor-metrics",
+        "kumulus-operator-metrics",
+        "kumulus-webhook-metrics",
+    ]
+    for name in selected:
+        assert [p["name"] for p in one(docs, "Service", name)["spec"]["ports"]] == ["metrics"]
+
+
+def test_dashboard_configmap_is_rendered_only_when_enabled() -> None:
+    docs = render(
+        "metrics.dashboard.enabled=true",
+        "metrics.dashboard.namespace=monitoring",
+        "metrics.dashboard.annotations.grafana_folder=Kumulus",
+    )
+    cm = one(docs, "ConfigMap", "kumulus-dashboard")
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Kumulus"}
+    assert json.loads(cm["data"]["kumulus.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def dashboard_exprs() -> list[str]:
+    board = json.loads(DASHBOARD.read_text())
+    exprs = []
+    for panel in board["panels"]:
+        exprs += [t["expr"] for t in panel.get("targets", [])]
+    for var in board["templating"]["list"]:
+        if var["type"] == "query":
+            exprs.append(var["query"]["query"])
+    return exprs
+
+
+def exposed_names(registry: CollectorRegistry) -> set[str]:
+    """Every series name the registry can expose, by metric type (samples or not)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "summary": ("_count", "_sum", "_created"),
+        "gauge": ("",),
+        "info": ("_info",),
+    }
+    names: set[str] = set()
+    for family in registry.collect():
+        names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    return names
+
+
+def test_every_metric_the_dashboard_queries_exists_in_the_code() -> None:
+    from kumulus.observability import metrics
+    from kumulus.webhook.metrics import Metrics
+
+    known = exposed_names(metrics.REGISTRY) | exposed_names(Metrics().registry)
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 20
+    used = {m for e in exprs for m in re.findall(r"\b(?:kumulus|process)_[a-z0-9_]+", e)}
+    assert used - known == set(), "the dashboard queries metrics the code does not define"
+    # Every operator metric is on the dashboard (the process_* ones: CPU and memory only).
+    ours = {n for n in exposed_names(metrics.REGISTRY) if n.startswith("kumulus_")}
+    shown = {re.sub(r"_(total|bucket|count|sum|created)$", "", n) for n in used}
+    missing = {n for n in ours if re.sub(r"_(total|bucket|count|sum|created)$", "", n) not in shown}
+    assert missing == set()
+
+
+def test_dashboard_is_valid_grafana_json() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    assert board["uid"] and board["title"] == "Kumulus"
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            # Balanced brackets: a cheap guard against broken PromQL edits.
+            expr = target["expr"]
+            for open_, close in ("()", "{}", "[]"):
+                assert expr.count(open_) == expr.count(close), expr
+
+
+def test_log_format_json_reaches_kopf_and_the_settings() -> None:
+    default_cmd = container(one(render(), "Deployment", "kumulus-operator"))["command"]
+    assert not [a for a in default_cmd if a.startswith("--log-format")]
+    docs = render("operator.logFormat=json", "connectionExecutor.separate=true")
+    for name in ("kumulus-operator", "kumulus-connection-executor"):
+        c = container(one(docs, "Deployment", name))
+        assert "--log-format=json" in c["command"]
+        assert Settings.from_env(env_of(c)).log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("operator.logFormat=xml", "/operator/logFormat"),
+        ("metrics.port=0", "/metrics/port"),
+        ("metrics.serviceMonitor.interval=soon", "/metrics/serviceMonitor/interval"),
+        ("metrics.dashboard.enabledd=true", "additional properties 'enabledd' not allowed"),
+    ],
+)
+def test_schema_rejects_bad_observability_values(value: str, message: str) -> None:
+    proc = helm(
+        "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, "--set", value, check=False
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr

@@ -217,6 +217,96 @@ async def test_finished_executions_are_cached_small_and_without_pods(api: FakeAp
     assert api.created == [] and api.patches == []
 
 
+async def test_a_pod_leaving_the_watch_is_read_once_to_see_how_it_ended(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finished Pods leave the (field-selected) watch as DELETED; the engine reads the Pod."""
+    engine = new_engine()
+    running_status = {"phase": "Running", "attempts": 1, "podName": "run-a1"}
+    body = execution("run", rv=10, status=running_status)
+    api.objects["run"] = body
+    pod = {
+        "metadata": {
+            "name": "run-a1",
+            "namespace": "ns",
+            "resourceVersion": "11",
+            "creationTimestamp": "2025-01-01T00:00:00Z",
+            "ownerReferences": [{"kind": "Execution", "name": "run", "controller": True}],
+        },
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [{"state": {"running": {}}}],
+        },
+    }
+    finished = {
+        **pod,
+        "metadata": {**pod["metadata"], "resourceVersion": "12"},
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 0}}}],
+        },
+    }
+    reads: list[str] = []
+
+    async def get_pod(namespace: str, name: str) -> dict[str, Any]:
+        reads.append(name)
+        return finished
+
+    monkeypatch.setattr(pods, "get_pod", get_pod)
+    engine.on_pod(None, pod)
+    engine.on_execution(None, body)
+    await settle(engine, api)
+    assert reads == [] and api.patches == []  # Running and reported so: nothing to do
+    engine.on_pod("DELETED", pod)  # the Pod finished and left the watch (previous state)
+    await settle(engine, api)
+    await engine.shutdown()
+    assert reads == ["run-a1"]
+    assert [status["phase"] for _, _, status in api.patches] == ["Succeeded"]
+
+
+async def test_a_quiet_pod_is_read_again_after_the_resync_interval(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch broken by an API server restart misses a Pod that ended: the resync reads it."""
+    engine = engine_mod.Engine(Settings(manage_runner_rbac=False, pod_resync_seconds=0.2))
+    running = {"phase": "Running", "attempts": 1, "podName": "quiet-a1"}
+    body = execution("quiet", rv=10, status=running)
+    api.objects["quiet"] = body
+    pod = {
+        "metadata": {
+            "name": "quiet-a1",
+            "namespace": "ns",
+            "resourceVersion": "11",
+            "creationTimestamp": "2025-01-01T00:00:00Z",
+            "ownerReferences": [{"kind": "Execution", "name": "quiet", "controller": True}],
+        },
+        "status": {"phase": "Running", "containerStatuses": [{"state": {"running": {}}}]},
+    }
+    ended = {
+        **pod,
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 0}}}],
+        },
+    }
+    reads: list[str] = []
+
+    async def get_pod(namespace: str, name: str) -> dict[str, Any]:
+        reads.append(name)
+        return ended
+
+    monkeypatch.setattr(pods, "get_pod", get_pod)
+    engine.on_pod(None, pod)
+    engine.on_execution(None, body)
+    await settle(engine, api)
+    assert reads == [] and api.patches == []
+    await asyncio.sleep(0.6)  # no event at all: the resync timer fires and reads the Pod
+    await settle(engine, api)
+    await engine.shutdown()
+    assert reads[:1] == ["quiet-a1"]
+    assert [status["phase"] for _, _, status in api.patches] == ["Succeeded"]
+
+
 def test_pod_view_keeps_what_the_lifecycle_reads() -> None:
     pod = {
         "metadata": {

@@ -72,6 +72,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.runner.image.repository (toString (default .Chart.AppVersion .Values.runner.image.tag)) }}
 {{- end }}
 
+{{/* kopf's --log-format=json when operator.logFormat is json (kopf's own first lines too). */}}
+{{- define "kumulus.kopfLogFormat" -}}
+{{- if eq .Values.operator.logFormat "json" }}
+- --log-format=json
+{{- end }}
+{{- end }}
+
 {{/* kopf's namespace arguments: --all-namespaces, or one --namespace per watched namespace. */}}
 {{- define "kumulus.kopfNamespaces" -}}
 {{- if .Values.watchNamespaces }}
@@ -105,6 +112,10 @@ key of operator.settings becomes KUMULUS_<KEY_IN_SNAKE_CASE>.
   value: {{ and .Values.connectionExecutor.enabled (not .Values.connectionExecutor.separate) | quote }}
 - name: KUMULUS_WEBHOOK_BASE_URL
   value: {{ include "kumulus.webhookBaseUrl" . | quote }}
+- name: KUMULUS_METRICS_HOST
+  value: {{ .Values.metrics.host | quote }}
+- name: KUMULUS_LOG_FORMAT
+  value: {{ .Values.operator.logFormat | quote }}
 {{- range $key, $value := .Values.operator.settings }}
 - name: KUMULUS_{{ $key | snakecase | upper }}
   value: {{ include "kumulus.envValue" $value }}

@@ -598,6 +598,7 @@ def _flow_wait(ctx: Ctx) -> list[Action]:
                 }
             )
         )
+        actions.append(EmitEvent("Warning", "FlowNotFound", f"Execution {ctx.name}: {message}"))
     actions.append(Requeue(min(1.0, max(ctx.flow_wait_left, 0.1))))
     return actions
 
@@ -643,7 +644,8 @@ def _hold(ctx: Ctx) -> list[Action]:
                 "observedGeneration": _generation(ctx),
                 "conditions": _conditions(ctx, ("Started", False, reason, message)),
             }
-        )
+        ),
+        EmitEvent("Normal", reason, f"Execution {ctx.name} is held: {message}"),
     ]
 
 
@@ -677,15 +679,25 @@ def _to_running(ctx: Ctx) -> list[Action]:
     target = _running_phase(ctx)
     patch: dict[str, Any] = {"phase": target, "observedGeneration": _generation(ctx)}
     actions: list[Action] = [PatchStatus(patch)]
+    # One Event per phase passed: a start seen late (the runner already waits) is Started and
+    # Waiting, so `kubectl get events` tells the same story however fast the Pod was.
     if ctx.phase == PENDING:
         assert ctx.pod is not None
         actions.append(
             EmitEvent("Normal", "Started", f"Execution {ctx.name} started in Pod {ctx.pod.name}.")
         )
-    elif target == PAUSED:
+    if target == PAUSED:
         actions.append(EmitEvent("Normal", "Paused", f"Execution {ctx.name} paused."))
     elif ctx.phase == PAUSED:
         actions.append(EmitEvent("Normal", "Resumed", f"Execution {ctx.name} resumed."))
+    elif target == WAITING:
+        actions.append(
+            EmitEvent("Normal", "Waiting", f"Execution {ctx.name} waits for child executions.")
+        )
+    elif ctx.phase == WAITING:
+        actions.append(
+            EmitEvent("Normal", "Running", f"Execution {ctx.name} runs again after waiting.")
+        )
     return actions
 
 

@@ -67,9 +67,13 @@ class Settings:
     worker_limit: int = 200
     """Maximum number of concurrently processed objects (kopf ``batching.worker_limit``)."""
 
-    reconcile_workers: int = 16
+    reconcile_workers: int = 48
     """Executions reconciled at once (each makes one API call at a time); more wait in a FIFO
-    queue. Kept below the API client's 20 kept-alive connections, so bursts reuse them."""
+    queue. Kept below the API client's 64 connections (``kumulus.k8s.resources``)."""
+
+    pod_resync_seconds: float = 60.0
+    """A running Execution's Pod is read from the API server when no watch event has shown it
+    for this long: a watch broken by an API server restart can miss a Pod that ended."""
 
     requeue_error_seconds: float = 5.0
     """Delay before reconciling an Execution again after an API error."""
@@ -94,6 +98,16 @@ class Settings:
 
     webhook_recheck_seconds: float = 15.0
     """How often each Webhook's Ready condition is re-checked (e.g. its Secret appeared)."""
+
+    metrics_host: str = "127.0.0.1"
+    """Address of the Prometheus ``/metrics`` endpoint (the chart sets ``0.0.0.0`` in Pods)."""
+
+    metrics_port: int = 8000
+    """Port of the Prometheus ``/metrics`` endpoint; 0 disables it."""
+
+    log_format: str = "text"
+    """``text`` (kopf's format) or ``json``: one JSON object per log line (time, level, logger,
+    message, object)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -15,6 +15,7 @@ import kopf
 
 from kumulus.domain.settings import Settings
 from kumulus.handlers import execution, flow
+from kumulus.handlers import observability as observability  # /metrics, JSON logs
 from kumulus.handlers import schedule as schedule  # the Schedule handlers register on import
 from kumulus.handlers import webhook as webhook  # the Webhook handlers register on import
 from kumulus.handlers.state import engine

@@ -27,8 +27,9 @@ from typing import Any
 import kopf
 
 from kumulus.domain.settings import Settings
-from kumulus.handlers import connection
+from kumulus.handlers import connection, observability
 from kumulus.k8s.connection_executor import ConnectionExecutor
+from kumulus.observability import metrics
 
 MODULE = __name__
 
@@ -39,7 +40,9 @@ def executor() -> ConnectionExecutor:
     """The connection executor of this process (created lazily)."""
     global _executor
     if _executor is None:
-        _executor = ConnectionExecutor(Settings.from_env())
+        created = ConnectionExecutor(Settings.from_env())
+        metrics.bind_connection_executor(lambda: len(created.queued), lambda: created.busy)
+        _executor = created
     return _executor
 
 
@@ -121,6 +124,8 @@ if ALONE:
     _registry = kopf.OperatorRegistry()
     kopf.on.login(registry=_registry)(login)
     kopf.on.startup(registry=_registry)(configure_alone)
+    kopf.on.startup(registry=_registry)(observability.serve_metrics)
+    kopf.on.cleanup(registry=_registry)(observability.stop_metrics)
     register(_registry)
     kopf.set_default_registry(_registry)
 else:

@@ -65,6 +65,27 @@ class _QuietEventSuccess(logging.Filter):
 logging.getLogger("kopf.objects").addFilter(_QuietEventSuccess())
 
 
+RUNNER_PODS_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+LIVE_PODS_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
+LIST_CHUNK_SIZE = 500
+
+
+@kopf.on.startup()
+async def watch_what_the_engine_needs(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Filter the Pod watch on the API server: runner Pods only, and only until they finish.
+
+    Without the label selector the operator would receive every Pod of the cluster and drop
+    most of them itself. Without the field selector it would list every finished runner Pod at
+    start-up (thousands, kept for their logs) although finished Executions never look at them.
+    A Pod that finishes leaves the watch with a ``DELETED`` event carrying its previous state;
+    the engine then reads the Pod once to see how it ended (see ``Engine.on_pod``).
+    """
+    settings.watching.label_selectors["v1", "pods"] = RUNNER_PODS_SELECTOR
+    settings.watching.field_selectors["v1", "pods"] = LIVE_PODS_SELECTOR
+    # List in pages at start-up: thousands of finished Executions are never parsed all at once.
+    settings.watching.chunk_size = LIST_CHUNK_SIZE
+
+
 @kopf.on.event("kumulus.dev", "v1alpha1", "executions")
 async def execution_event(event: kopf.RawEvent, **_: Any) -> None:
     """Cache the Execution and schedule its reconcile (and its parent's)."""

@@ -54,6 +54,7 @@ from kumulus.domain.connection import CallView, Decision
 from kumulus.domain.settings import Settings
 from kumulus.k8s import connections, events, executions, secrets
 from kumulus.k8s.resources import Execution, client, is_conflict, is_not_found, to_dict
+from kumulus.observability import metrics
 
 log = logging.getLogger("kumulus.connection_executor")
 
@@ -156,6 +157,11 @@ class ConnectionExecutor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
+    @property
+    def busy(self) -> int:
+        """Calls holding a slot (being prepared, claimed or running)."""
+        return self._busy
+
     # ------------------------------------------------------------------ watch input
 
     def watched(self, namespace: str) -> bool:
@@ -170,6 +176,7 @@ class ConnectionExecutor:
             return
         if event_type == "DELETED":
             self.bodies.pop(key, None)
+            metrics.EXECUTIONS.forget(key)
             timer = self._timers.pop(key, None)
             if timer is not None:
                 timer.cancel()
@@ -180,6 +187,7 @@ class ConnectionExecutor:
                 call.inner.cancel()
             return
         self._store(key, copy.deepcopy(dict(body)))
+        metrics.EXECUTIONS.seen(key, body)
         self.trigger(key)
 
     # ------------------------------------------------------------------ scheduling
@@ -253,7 +261,12 @@ class ConnectionExecutor:
         if decision is Decision.NOTHING:
             return
         if decision is Decision.HOLD:
-            await self._patch(key, rules.hold_patch(view, now))
+            patch = rules.hold_patch(view, now)
+            if await self._patch(key, patch):
+                (reason,) = [c["reason"] for c in patch["conditions"] if c["type"] == "Started"]
+                message = f"Execution {view.name} is held: {patch['statusMessage']}"
+                held = self.bodies.get(key) or body
+                self._spawn(events.post_event(held, "Normal", str(reason), message))
         elif decision is Decision.CANCEL_UNSTARTED:
             await self.finish(
                 key,
@@ -333,6 +346,7 @@ class ConnectionExecutor:
             self.bodies.pop(key, None)
             return False
         self._store(key, patched)
+        metrics.EXECUTIONS.status_written(key, body, patch)
         return True
 
     def _store(self, key: Key, body: dict[str, Any]) -> None:
@@ -486,6 +500,7 @@ class ConnectionExecutor:
             call.inner.cancel()
             raise
         elapsed = time.monotonic() - started
+        metrics.connection_call(connector.type, elapsed)
         if not done:
             call.interrupted = call.interrupted or "timeout"
             call.cancel.set()
@@ -519,6 +534,9 @@ class ConnectionExecutor:
                 self.bodies.pop(key, None)
                 return None
             self._store(key, patched)
+            metrics.EXECUTIONS.status_written(key, body, patch)
+            message = f"Execution {view.name} called {prepared.connector.type} {view.via}."
+            self._spawn(events.post_event(patched, "Normal", "Started", message))
             return view
         return None
 
@@ -656,6 +674,7 @@ class ConnectionExecutor:
                 self.bodies.pop(key, None)
                 return False
             self._store(key, patched)
+            metrics.EXECUTIONS.status_written(key, body, patch, reason=reason)
             if phase == "Succeeded":
                 log.info("Finished CONNECTION Execution %s/%s: Succeeded.", *key)
             else:

@@ -57,6 +57,7 @@ from kumulus.domain.outcome import PodView
 from kumulus.domain.podspec import owner_execution
 from kumulus.domain.settings import Settings
 from kumulus.k8s import events, executions, leases, pods, rbac
+from kumulus.observability.metrics import EXECUTIONS as METRICS
 
 log = logging.getLogger("kumulus.engine")
 
@@ -65,7 +66,7 @@ Key = tuple[str, str]
 CONFLICT_WAIT_SECONDS = 2.0
 """After a conflict, how long to wait for the newer version from the watch before reading it."""
 
-BACKGROUND_SLOTS = 4
+BACKGROUND_SLOTS = 8
 """API calls made in the background at once (Events, lock releases)."""
 
 _POD_METADATA = (
@@ -157,6 +158,7 @@ class Engine:
         self._dirty: set[Key] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._stale: dict[Key, tuple[int, float]] = {}
+        self._pod_seen: dict[Key, float] = {}
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._rbac_done: set[str] = set()
         self._rbac_lock = asyncio.Lock()
@@ -177,21 +179,31 @@ class Engine:
         if event_type == "DELETED":
             self.executions.pop(key, None)
             self.pods.pop(key, None)
+            self._pod_seen.pop(key, None)
+            self._stale.pop(key, None)
             self.children.pop(key, None)
             self._cancel_timer(key)
+            METRICS.forget(key)
             if parent:
                 self.children.get((key[0], parent), set()).discard(key[1])
                 self.trigger((key[0], parent))
             return
         if _rv(body) >= _rv(self.executions.get(key)):
             self._store(key, body)
+        METRICS.seen(key, body)
         if parent:
             self.children.setdefault((key[0], parent), set()).add(key[1])
             self.trigger((key[0], parent))
         self.trigger(key)
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A watch event of a runner Pod: cache it under its Execution and re-decide."""
+        """A watch event of a runner Pod: cache it under its Execution and re-decide.
+
+        ``DELETED`` also means "left the watch": the operator watches unfinished Pods only
+        (see ``kumulus.handlers.execution``), so a finished Pod arrives as ``DELETED`` with
+        its previous state. Either way it leaves the cache, and the next decision reads the
+        Pod from the API server (finished, or really gone).
+        """
         owner = owner_execution(body)
         if owner is None:
             return
@@ -211,6 +223,7 @@ class Engine:
             bucket = self.pods.setdefault(key, {})
             if _rv(body) >= _rv(bucket.get(name)):
                 bucket[name] = pod_view(body)
+            self._pod_seen[key] = time.monotonic()
         self.trigger(key)
 
     def _store(self, key: Key, body: Mapping[str, Any]) -> None:
@@ -218,6 +231,7 @@ class Engine:
         if _finished(body):
             self.executions[key] = finished_view(body)
             self.pods.pop(key, None)
+            self._pod_seen.pop(key, None)
         else:
             # Watch events and API responses are freshly parsed and never changed afterwards
             # (here or by kopf), so they are kept without a copy.
@@ -325,9 +339,13 @@ class Engine:
         if not name:
             return None
         cached = self.pods.get(key, {}).get(str(name))
-        if cached is None:
-            # The cache may lag (start-up, a Pod just created): ask the API server.
+        seen = self._pod_seen.get(key, 0.0)
+        if cached is None or time.monotonic() - seen > self.settings.pod_resync_seconds:
+            # The cache may lag (start-up, a Pod just created), a Pod that ended has left the
+            # watch, or no event came for a long time (a watch broken by an API server restart
+            # misses what happened meanwhile): ask the API server.
             cached = await pods.get_pod(key[0], str(name))
+            self._pod_seen[key] = time.monotonic()
             if cached is not None:
                 cached = pod_view(cached)
                 self.pods.setdefault(key, {})[str(name)] = cached
@@ -374,6 +392,8 @@ class Engine:
             for child in sorted(self.children.get(key, set()))
             if (key[0], child) in self.executions
         ]
+        if pod is not None and not pod.finished:
+            self.requeue(key, self.settings.pod_resync_seconds)  # see _current_pod
         now = datetime.now(UTC)
         actions = lifecycle.decide(body, pod, children, now, flow=flow, settings=self.settings)
         for action in actions:
@@ -403,6 +423,7 @@ class Engine:
                 return False
             if _rv(patched) >= _rv(self.executions.get(key)):
                 self._store(key, patched)
+            METRICS.status_written(key, body, action.patch)
             new_phase = action.patch.get("phase")
             if new_phase and new_phase != (body.get("status") or {}).get("phase"):
                 log.info("Moved Execution %s/%s to phase %s.", namespace, name, new_phase)

@@ -40,6 +40,7 @@ from kumulus.domain.schedule import (
 from kumulus.domain.settings import Settings
 from kumulus.domain.timeutil import format_time, parse_time
 from kumulus.k8s import events, schedules
+from kumulus.observability import metrics
 
 __all__ = ["EVENT_WINDOW", "ScheduleLoop", "Scheduler"]
 
@@ -257,6 +258,7 @@ class ScheduleLoop:
             when = format_time(fire.instant)
             late = "catch-up of a missed run, " if fire.catch_up else ""
             if created:
+                metrics.schedule_fired(lag, fire.catch_up)
                 log.info(
                     "Created Execution %s/%s for Schedule %s at %s (%s%.3f s after its time).",
                     namespace,

@@ -2,7 +2,7 @@
 
 The node agent runs the chart's operator and webhook Pods as local processes, each with its
 own ServiceAccount token, so this exercises the chart's RBAC for real: the operator reconciles
-example 01 with nothing but the chart's ClusterRole. Their ports are host ports on the dev
+examples 01 and 02 with nothing but the chart's ClusterRole. Their ports are host ports on the dev
 node, so the test binds them to 127.0.0.1 on free ports.
 
 The session ``operator`` fixture must not reconcile the same objects meanwhile:
@@ -168,12 +168,18 @@ def test_helm_install_run_upgrade_uninstall(
             lambda: http_ok(f"http://127.0.0.1:{webhook_port}/healthz"),
         )
 
-        # Example 01 through this installation.
+        # Examples 01 and 02 (a parent creating five children with the runner's RBAC from the
+        # chart) through this installation.
         kubectl("apply", "-n", namespace, "-f", str(EXAMPLE / "flow.yaml"))
         kubectl("apply", "-n", namespace, "-f", str(EXAMPLE / "execution.yaml"))
+        kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "02-parallel-children"))
         done = wait_phase("hello-world", namespace, ("Succeeded", "Failed", "Cancelled"), 120)
         assert done["status"]["phase"] == "Succeeded", done["status"]
         assert done["status"]["outputs"] == {"greeting": "Hello, Kumulus!"}
+        fan = wait_phase("sum-of-squares-1", namespace, ("Succeeded", "Failed", "Cancelled"), 120)
+        assert fan["status"]["phase"] == "Succeeded", fan["status"]
+        assert fan["status"]["outputs"] == {"children": 5, "sum": 55}
+        assert [c["phase"] for c in fan["status"]["children"]] == ["Succeeded"] * 5
         # The operator made the runner identity, bound to the release's runner ClusterRole.
         binding = json.loads(
             kubectl("get", "rolebinding", "kumulus-runner", "-n", namespace, "-o", "json").stdout

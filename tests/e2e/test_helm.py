@@ -2,7 +2,7 @@
 
 The node agent runs the chart's operator and webhook Pods as local processes, each with its
 own ServiceAccount token, so this exercises the chart's RBAC for real: the operator reconciles
-examples 01 and 02 with nothing but the chart's ClusterRole. Their ports are host ports on the dev
+examples 01, 02, 04, 05 and 06 with nothing but the chart's RBAC. Their ports are host ports on the dev
 node, so the test binds them to 127.0.0.1 on free ports.
 
 The session ``operator`` fixture must not reconcile the same objects meanwhile:
@@ -134,6 +134,7 @@ def test_helm_install_run_upgrade_uninstall(
         "--set", f"metrics.connectionExecutorPort={free_port()}",
         "--set", "webhook.host=127.0.0.1",
         "--set", f"webhook.port={webhook_port}",
+        "--set", f"webhook.secretNamespaces={{{namespace}}}",
         "--set", "operator.settings.podStartDeadlineSeconds=60",
     ]  # fmt: skip
     installed = False
@@ -180,6 +181,51 @@ def test_helm_install_run_upgrade_uninstall(
         assert fan["status"]["phase"] == "Succeeded", fan["status"]
         assert fan["status"]["outputs"] == {"children": 5, "sum": 55}
         assert [c["phase"] for c in fan["status"]["children"]] == ["Succeeded"] * 5
+
+        # Example 04 (a Schedule every 10 s) and example 06 (kustomize, codeFrom) as well.
+        kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "04-schedule"))
+        kubectl("apply", "-n", namespace, "-k", str(REPO / "examples" / "06-gitops"))
+        made = kubectl(
+            "create", "-n", namespace, "-o", "name",
+            "-f", str(REPO / "examples" / "06-gitops" / "execution.yaml"),
+        )  # fmt: skip
+        counted = made.stdout.strip().split("/")[-1]
+        done = wait_phase(counted, namespace, ("Succeeded", "Failed", "Cancelled"), 120)
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+
+        def scheduled_run_succeeded() -> bool:
+            out = kubectl(
+                "get", "executions", "-n", namespace, "-l", "kumulus.dev/schedule=heartbeat",
+                "-o", "json",
+            ).stdout  # fmt: skip
+            phases = [(i.get("status") or {}).get("phase") for i in json.loads(out)["items"]]
+            return "Succeeded" in phases
+
+        wait_until("a run of the heartbeat Schedule", scheduled_run_succeeded)
+        kubectl("delete", "-n", namespace, "-f", str(REPO / "examples" / "04-schedule"))
+
+        # Example 05: a sync call through the chart's webhook service, which reads the
+        # example's Secret through the RoleBinding that webhook.secretNamespaces made.
+        kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "05-webhook"))
+        call = (
+            f"http://127.0.0.1:{webhook_port}/namespaces/{namespace}/webhooks/webhook-echo/call"
+            "?key=demo-key"
+        )
+
+        def webhook_answer() -> dict[str, Any] | None:
+            request = urllib.request.Request(
+                call, data=b'{"name": "Ada"}', headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:  # only loopback
+                    answer: dict[str, Any] = json.loads(r.read())
+                    return answer if r.status == 200 else None
+            except OSError:
+                return None  # 404 until the service's cache has the Webhook and its Secret
+
+        answer = wait_until("a sync answer of the example webhook", webhook_answer)
+        assert answer["phase"] == "Succeeded", answer
+        assert answer["outputs"]["greeting"] == "Hello, Ada!"
         # The operator made the runner identity, bound to the release's runner ClusterRole.
         binding = json.loads(
             kubectl("get", "rolebinding", "kumulus-runner", "-n", namespace, "-o", "json").stdout

@@ -1,9 +1,9 @@
 """Kumulus installed by its Helm chart on the dev cluster: install, run, upgrade, uninstall.
 
 The node agent runs the chart's operator and webhook Pods as local processes, each with its
-own ServiceAccount token, so this exercises the chart's RBAC for real: the operator reconciles
-examples 01, 02, 04, 05 and 06 with nothing but the chart's RBAC. Their ports are host ports on the dev
-node, so the test binds them to 127.0.0.1 on free ports.
+own ServiceAccount token, so this exercises the chart's RBAC for real: the installation runs
+examples 01, 02, 04, 05 and 06 with nothing but the chart's RBAC. Their ports are host ports on
+the dev node, so the test binds them to 127.0.0.1 on free ports.
 
 The session ``operator`` fixture must not reconcile the same objects meanwhile:
 ``session_operator_stopped`` stops it for this test (if the session runs it) and restarts it

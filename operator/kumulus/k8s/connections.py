@@ -17,7 +17,6 @@ from typing import Any
 
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.types import PatchType
 
 from kumulus.connectors import base as connectors
 from kumulus.domain import connection as rules
@@ -25,7 +24,7 @@ from kumulus.domain.connection import Ready, SecretState
 from kumulus.domain.settings import Settings
 from kumulus.k8s import events, secrets
 from kumulus.k8s.keeper import Key, StatusKeeper, object_key, ready_transition
-from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found
+from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found, patch_status
 
 log = logging.getLogger("kumulus.connections")
 
@@ -48,20 +47,7 @@ async def patch_connection_status(
     namespace: str, name: str, status: Mapping[str, Any]
 ) -> dict[str, Any] | None:
     """Merge-patch the Connection's status; ``None`` if it is gone."""
-    try:
-        obj = await client().patch(
-            Connection.Status,
-            name,
-            {"status": dict(status)},
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
-        )
-    except ApiError as err:
-        if is_not_found(err):
-            return None
-        raise
-    result: dict[str, Any] = obj.to_dict() if not isinstance(obj, dict) else obj
-    return result
+    return await patch_status(Connection, namespace, name, status)
 
 
 def load_type(type_: str) -> tuple[connectors.Connector | None, tuple[str, str] | None]:

@@ -8,7 +8,15 @@ from typing import Any
 from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
 
-from kumulus.k8s.resources import Execution, Flow, client, is_conflict, is_not_found, to_dict
+from kumulus.k8s.resources import (
+    Execution,
+    Flow,
+    client,
+    is_conflict,
+    is_not_found,
+    patch_status,
+    to_dict,
+)
 
 
 class Conflict(RuntimeError):
@@ -80,15 +88,5 @@ async def get_flow(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 async def patch_flow_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
-    """Merge-patch the Flow's status."""
-    try:
-        await client().patch(
-            Flow.Status,
-            name,
-            {"status": dict(status)},
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
-        )
-    except ApiError as err:
-        if not is_not_found(err):
-            raise
+    """Merge-patch the Flow's status (nothing if the Flow is gone)."""
+    await patch_status(Flow, namespace, name, status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx2 as httpx
@@ -9,6 +10,7 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.config.client_adapter import verify_cluster
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
 
 GROUP = "kumulus.dev"
 VERSION = "v1alpha1"
@@ -70,3 +72,25 @@ def to_dict(obj: Any) -> dict[str, Any]:
         return obj
     result: dict[str, Any] = obj.to_dict()
     return result
+
+
+async def patch_status(
+    resource: Any, namespace: str, name: str, status: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Merge-patch ``status`` of a Kumulus object (``resource`` is its generic resource class).
+
+    Returns the patched object as a dict, or ``None`` if the object is gone.
+    """
+    try:
+        obj = await client().patch(
+            resource.Status,
+            name,
+            {"status": dict(status)},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+    except ApiError as err:
+        if is_not_found(err):
+            return None
+        raise
+    return to_dict(obj)

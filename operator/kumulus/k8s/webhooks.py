@@ -19,7 +19,6 @@ from typing import Any
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Secret
-from lightkube.types import PatchType
 from pydantic import ValidationError
 
 from kumulus.domain import lifecycle
@@ -27,7 +26,7 @@ from kumulus.domain import webhook as rules
 from kumulus.domain.settings import Settings
 from kumulus.k8s import events, executions
 from kumulus.k8s.keeper import Key, StatusKeeper, object_key, ready_transition
-from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found, status_code
+from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found, patch_status, status_code
 
 log = logging.getLogger("kumulus.webhooks")
 
@@ -57,20 +56,7 @@ async def patch_webhook_status(
     namespace: str, name: str, status: Mapping[str, Any]
 ) -> dict[str, Any] | None:
     """Merge-patch the Webhook's status; ``None`` if it is gone."""
-    try:
-        obj = await client().patch(
-            Webhook.Status,
-            name,
-            {"status": dict(status)},
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
-        )
-    except ApiError as err:
-        if is_not_found(err):
-            return None
-        raise
-    result: dict[str, Any] = obj.to_dict() if not isinstance(obj, dict) else obj
-    return result
+    return await patch_status(Webhook, namespace, name, status)
 
 
 async def evaluate(body: Mapping[str, Any]) -> rules.Readiness:

@@ -36,13 +36,13 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-from lightkube import AsyncClient, Client, KubeConfig
+from lightkube import AsyncClient, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType  # noqa: F401 - re-exported for the benchmarks
@@ -115,14 +115,6 @@ def proc_cpu_seconds(pid: int, children: bool = False) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
     return (cutime + cstime if children else utime + stime) / ticks
-
-
-def proc_rss_mb(pid: int) -> float:
-    """Resident set size of a process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def machine_busy_seconds() -> float:
@@ -328,13 +320,6 @@ class BenchEnv:
         return AsyncClient(
             config=KubeConfig.from_file(self.kubeconfig),
             timeout=httpx.Timeout(60.0),
-            field_manager="kumulus-bench",
-            trust_env=False,
-        )
-
-    def sync_client(self) -> Client:
-        return Client(
-            config=KubeConfig.from_file(self.kubeconfig),
             field_manager="kumulus-bench",
             trust_env=False,
         )
@@ -628,9 +613,3 @@ def save_results(args: argparse.Namespace, name: str, data: dict[str, Any]) -> P
 
 def sizes(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
-
-
-@contextlib.contextmanager
-def stopwatch() -> Iterator[Callable[[], float]]:
-    start = time.monotonic()
-    yield lambda: time.monotonic() - start

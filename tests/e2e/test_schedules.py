@@ -329,7 +329,10 @@ def test_edit_suspend_resume_and_delete(
     operator: Operator, namespace: str, kubectl: Kubectl, apply: Apply
 ) -> None:
     apply(flow("quick"), namespace)
-    apply(schedule("cal", schedule="0 0 1 1 *", timeZone="Europe/Vienna"), namespace)
+    apply(
+        schedule("cal", schedule="0 0 1 1 *", timeZone="Europe/Vienna", successfulHistoryLimit=100),
+        namespace,
+    )
     status = wait_for(
         "next times",
         lambda: (s := sched_status(kubectl, namespace, "cal")).get("nextScheduleTimes") and s,
@@ -461,7 +464,12 @@ def test_catch_up_after_operator_downtime(
             ("latest", {"catchUp": "Latest"}),
             ("all", {"catchUp": "All", "maxCatchUp": 3}),
         ):
-            apply(schedule(name, schedule="*/2 * * * * *", **policy), namespace)
+            # Keep every run: the default history limit (3) could prune the
+            # oldest catch-up run before the assertions below list them.
+            apply(
+                schedule(name, schedule="*/2 * * * * *", successfulHistoryLimit=100, **policy),
+                namespace,
+            )
         time.sleep(11)  # 5 instants are missed while no operator runs
     finally:
         restarted_at = time.time()

@@ -5,7 +5,8 @@ The ``operator`` session fixture installs the CRDs from ``crds/`` (server-side a
 ``python -m kopf run -m kumulus.handlers --all-namespaces --standalone`` against the dev
 cluster with its log in a file (printed when a test fails). Helpers: ``apply`` (a manifest dict,
 list or YAML text), ``wait_phase`` (poll an Execution until its phase is one of the given),
-``get_execution``.
+``get_execution``. Servers: ``postgres_server`` and ``ssh_server`` (session, from
+``servers.py``) and ``http`` (per module, from ``example_03.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.e2e.example_03 import http  # noqa: F401 - module fixture
 from tests.e2e.servers import postgres_server, ssh_server  # noqa: F401 - session fixtures
 from tests.e2e.webhook_service import webhook_service  # noqa: F401 - session fixture
 

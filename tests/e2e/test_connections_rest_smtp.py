@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.e2e import example_03
 from tests.local_servers import LOOPBACK, HttpServer, MailServer, Seen, free_port
 
 pytestmark = [
@@ -37,13 +38,6 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 @pytest.fixture(autouse=True)
 def _operator_running(operator: Any) -> None:
     """Every test here needs the operator (fixture from tests/e2e/conftest.py)."""
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[HttpServer]:
-    server = HttpServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -579,8 +573,6 @@ def test_connection_executor_as_its_own_process_with_its_own_identity(
 
 # --------------------------------------------------------------------------- example 03
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "03-connections"
-
 
 def test_example_03(
     http: HttpServer,
@@ -591,31 +583,8 @@ def test_example_03(
     namespace: str,
 ) -> None:
     """examples/03-connections as written, pointed at this session's HTTP and PostgreSQL."""
-    docs: list[dict[str, Any]] = []
-    for name in ("secret.yaml", "connections.yaml", "flow.yaml", "execution.yaml"):
-        docs += [d for d in yaml.safe_load_all((EXAMPLE / name).read_text()) if d]
-    for doc in docs:
-        name = doc["metadata"]["name"]
-        if doc["kind"] == "Secret" and name == "demo-db":
-            doc["stringData"]["password"] = postgres_server.password
-        if doc["kind"] == "Secret" and name == "demo-api-token":
-            doc["stringData"]["bearer_token"] = "example-token-0b7e"
-        if doc["kind"] == "Connection" and name == "demo-api":
-            doc["spec"]["values"]["url"] = http.url
-        if doc["kind"] == "Connection" and name == "demo-db":
-            doc["spec"]["values"].update(postgres_server.values())
-    apply(docs, namespace)
+    apply(example_03.manifests(http, postgres_server), namespace)
     assert ready(kubectl, namespace, "demo-api")["status"] == "True"
     assert ready(kubectl, namespace, "demo-db")["status"] == "True"
-    status = wait_phase("api-report-1", namespace, TERMINAL, timeout=180)["status"]
-    assert status["phase"] == "Succeeded", status
-    out = status["outputs"]
-    assert out["api_status"] == 200
-    assert out["api_json"]["path"] == "/health"
-    assert out["api_json"]["authorization"] == "Bearer ***"
-    assert out["recorded"]["path"] == "/health"
-    assert out["recorded"]["status_code"] == 200
-    assert Seen("GET", "/health", "", "Bearer example-token-0b7e") in http.requests
-    everything = kubectl("get", "executions,connections,events", "-n", namespace, "-o", "json")
-    assert postgres_server.password not in everything.stdout
-    assert "example-token-0b7e" not in everything.stdout
+    done = wait_phase(example_03.EXECUTION, namespace, TERMINAL, timeout=180)
+    example_03.check_outputs(done, http, postgres_server, kubectl, namespace)

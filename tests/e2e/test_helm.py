@@ -2,7 +2,8 @@
 
 The node agent runs the chart's operator and webhook Pods as local processes, each with its
 own ServiceAccount token, so this exercises the chart's RBAC for real: the installation runs
-examples 01, 02, 04, 05 and 06 with nothing but the chart's RBAC. Their ports are host ports on
+every example (01 to 06) with nothing but the chart's RBAC; example 03's connection calls run
+in the connection executor's own Deployment. Their ports are host ports on
 the dev node, so the test binds them to 127.0.0.1 on free ports.
 
 The session ``operator`` fixture must not reconcile the same objects meanwhile:
@@ -26,6 +27,8 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.e2e import example_03
+from tests.local_servers import HttpServer
 
 from kumulus.devcluster.paths import bin_cache_dir, read_versions
 
@@ -35,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kumulus"
 EXAMPLE = REPO / "examples" / "01-hello-flow"
 RELEASE = "khelm"
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
 CRDS = ("flows", "executions", "schedules", "connections", "webhooks")
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -82,6 +86,8 @@ def test_helm_install_run_upgrade_uninstall(
     namespace: str,
     session_operator_stopped: None,
     wait_phase: Callable[..., dict[str, Any]],
+    http: HttpServer,
+    postgres_server: Any,
 ) -> None:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
 
@@ -105,6 +111,11 @@ def test_helm_install_run_upgrade_uninstall(
         out = kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout
         items: list[dict[str, Any]] = json.loads(out)["items"]
         return items
+
+    def condition(connection: str, kind: str) -> str | None:
+        out = kubectl("get", "connection", connection, "-n", namespace, "-o", "json").stdout
+        found = json.loads(out).get("status", {}).get("conditions", [])
+        return next((c["status"] for c in found if c["type"] == kind), None)
 
     def running(component: str, env_name: str, value: str) -> dict[str, Any] | None:
         """The component's only Pod once it runs with ``env_name=value`` (old Pods gone)."""
@@ -277,6 +288,21 @@ def test_helm_install_run_upgrade_uninstall(
             lambda: http_ok(f"http://127.0.0.1:{ce_port}/healthz"),
             timeout=60,
         )
+
+        # Example 03 (REST and PostgreSQL connections): the CONNECTION executions run in that
+        # Deployment, which reads the example's Secrets with its own ClusterRole.
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(
+            example_03.manifests(http, postgres_server)
+        ))  # fmt: skip
+        for connection in ("demo-api", "demo-db"):
+            wait_until(
+                f"Connection {connection} Ready",
+                lambda connection=connection: condition(connection, "Ready") == "True",
+            )
+        done = wait_phase(example_03.EXECUTION, namespace, TERMINAL, 180)
+        example_03.check_outputs(done, http, postgres_server, kubectl, namespace)
+        ce_log = kubectl("logs", "-n", namespace, ce_pod["metadata"]["name"]).stdout
+        assert f"Finished CONNECTION Execution {namespace}/" in ce_log, ce_log[-2000:]
 
         # Uninstall leaves no Kumulus Pods behind (and keeps the CRDs: crds.keep).
         helm("uninstall", RELEASE, "--wait", "--timeout", "2m")

@@ -137,11 +137,13 @@ COMPONENTS = (
 class CpuMeter:
     """CPU seconds used by the operator, each dev cluster component and the whole machine."""
 
-    def __init__(self, env: BenchEnv) -> None:
+    def __init__(self, env: BenchEnv, extra: dict[str, int] | None = None) -> None:
+        """``extra``: more processes to meter by name (e.g. a service the benchmark started)."""
         self.pids = {name: env.component_pid(name) for name in COMPONENTS}
         self.pids["operator"] = env.operator_pid
         # The node agent's reaped children are the Pods' processes.
         self.pids["pod-processes"] = self.pids["node-agent"]
+        self.pids.update(extra or {})
         self.start = {name: self._read(name, pid) for name, pid in self.pids.items()}
         self.machine_start = machine_busy_seconds()
 

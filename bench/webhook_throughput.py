@@ -5,6 +5,8 @@ one API client creates Executions directly. That raw rate, measured in the same 
 concurrency, is the baseline (the limit; a ratio above 1 is noise of a shared machine), and the
 ratio says how much of it the service keeps after HTTP, authentication (a bearer token, checked
 in constant time), input building and its limits. Concurrency levels 1, 16 and 64 by default.
+Each round also prints the CPU it cost per call (the webhook service, kube-apiserver, etcd and
+this process as the load generator) and how busy the machine was, which says what limits it.
 No operator runs during the measurement (the benchmark stops the one its environment starts),
 so the Executions stay Pending and the figures are about the webhook path only.
 
@@ -21,6 +23,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from benchlib import (
     PYTHON,
     REPO,
     BenchEnv,
+    CpuMeter,
     Execution,
     add_common_args,
     delete_namespace,
@@ -165,6 +169,28 @@ async def raw_round(env: BenchEnv, namespace: str, calls: int, concurrency: int)
     }
 
 
+METERED = ("webhook", "kube-apiserver", "etcd")
+
+
+def metered(
+    env: BenchEnv, webhook_pid: int, round_: Coroutine[Any, Any, dict[str, Any]]
+) -> dict[str, Any]:
+    """Run one round and add the CPU it cost per call: the webhook service, the API server,
+    etcd and this process (the load generator), and how busy the whole machine was."""
+    meter = CpuMeter(env, {"webhook": webhook_pid})
+    client_before = time.process_time()
+    result = asyncio.run(round_)
+    client = time.process_time() - client_before
+    used = meter.used()
+    calls = result.get("accepted", result.get("created", 0)) or 1
+    cpu = {name: used[name] for name in METERED if name in used}
+    cpu["load generator"] = client
+    result["cpu_ms_per_call"] = {name: round(v * 1000 / calls, 2) for name, v in cpu.items()}
+    cores = os.cpu_count() or 1
+    result["machine_busy"] = round(used["machine"] / (result["seconds"] * cores), 2)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
@@ -223,8 +249,8 @@ def main() -> None:
             asyncio.run(raw_round(env, namespace, 20, 4))
             rows: list[dict[str, Any]] = []
             for level in levels:
-                hook = asyncio.run(webhook_round(url, args.calls, level))
-                raw = asyncio.run(raw_round(env, namespace, args.calls, level))
+                hook = metered(env, proc.pid, webhook_round(url, args.calls, level))
+                raw = metered(env, proc.pid, raw_round(env, namespace, args.calls, level))
                 ratio = (
                     hook["per_second"] / raw["per_second"] if raw["per_second"] else float("nan")
                 )
@@ -238,6 +264,15 @@ def main() -> None:
                     f"p99 {rl['p99'] * 1000:6.1f} ms | ratio {ratio:.2f}",
                     flush=True,
                 )
+                for side, result in (("webhook", hook), ("raw API", raw)):
+                    per_call = ", ".join(
+                        f"{name} {value:.2f}" for name, value in result["cpu_ms_per_call"].items()
+                    )
+                    print(
+                        f"    {side:8s} CPU ms per call: {per_call}; machine busy "
+                        f"{result['machine_busy'] * 100:.0f}%",
+                        flush=True,
+                    )
             save_results(args, "webhook_throughput", {"calls": args.calls, "levels": rows})
         finally:
             proc.terminate()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kumulus.runner.client import ApiRequestError
 from kumulus.runner.engine import ReturnWhen, evaluate_wait
 from kumulus.runner.fake import FakeClient
 from kumulus.runner.main import run
@@ -291,6 +292,42 @@ def test_own_pause_blocks_until_resumed(fake: FakeClient) -> None:
     assert rc == 0, status["runner"]["result"]
     assert status["message"] == "resumed"
     assert fake.runner_states("parent") == ["running", "paused", "running", "ended"]
+
+
+def test_own_watch_starts_at_the_running_report_without_a_list(fake: FakeClient) -> None:
+    """The runner follows its own Execution from the version its first status patch returned:
+    no list (a consistent read, the costliest request under load) before that watch."""
+    test_own_pause_blocks_until_resumed(fake)
+    own = [c for c in fake.calls if c[0] in ("list_executions", "watch_executions")]
+    assert own and own[0][:2] == ("watch_executions", "parent")
+    assert ("list_executions", "parent", None) not in own
+    running = next(c for c in fake.calls if c[0] == "patch_execution_status")
+    assert running[2]["status"]["runner"]["state"] == "running"
+    # The version the "running" patch produced: the first event after it is the user's resume.
+    versions = [int(v) for v, event, obj in fake._events if obj["metadata"]["name"] == "parent"]
+    assert int(own[0][2]) in versions
+
+
+class GoneOnce(FakeClient):
+    """Its first watch fails like a watch from a compacted version (HTTP 410 Gone)."""
+
+    failed = False
+
+    def watch_executions(self, **kwargs: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        if not self.failed:
+            self.failed = True
+            raise ApiRequestError("Failed to watch Executions: too old resource version")
+        yield from super().watch_executions(**kwargs)
+
+
+def test_own_watch_lists_again_after_an_error() -> None:
+    fake = GoneOnce(on_create=finish_in_background(), on_patch=finish_in_background())
+    try:
+        test_own_pause_blocks_until_resumed(fake)
+    finally:
+        fake.close()
+    assert fake.failed
+    assert ("list_executions", "parent", None) in fake.calls
 
 
 def test_paused_execution_blocks_until_resumed(fake: FakeClient) -> None:

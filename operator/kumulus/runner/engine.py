@@ -90,12 +90,16 @@ class _Watch:
         *,
         labels: Mapping[str, str] | None = None,
         name: str | None = None,
+        start_from: Obj | None = None,
     ) -> None:
+        """``start_from``: the watched object as a write just returned it; the first watch
+        starts at its resourceVersion instead of after a list."""
         self._engine = engine
         self._what = what
         self._on_event = on_event
         self._labels = labels
         self._name = name
+        self._start_from = start_from
         self.synced = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watch-{what}", daemon=True)
         self._thread.start()
@@ -105,7 +109,7 @@ class _Watch:
         stopped = self._engine.stopped
         while not stopped.is_set():
             try:
-                items, rv = client.list_executions(labels=self._labels, name=self._name)
+                items, rv = self._initial(client)
                 for obj in items:
                     self._on_event("ADDED", obj)
                 self.synced.set()
@@ -121,6 +125,20 @@ class _Watch:
                     return
                 log.warning("Restarted the watch of %s after an error: %s", self._what, exc)
                 stopped.wait(1.0)
+
+    def _initial(self, client: ApiClient) -> tuple[list[Obj], str]:
+        """The objects to start from and the resourceVersion to watch from.
+
+        A list with no resourceVersion is a consistent read: under load it is the costliest
+        request of a whole run (the API server waits for its cache to catch up, and times out).
+        The first time, an object that a write just returned is as fresh, so the watch starts
+        at its version; after an error (e.g. 410 Gone) the watch starts over with a list.
+        """
+        start_from, self._start_from = self._start_from, None
+        version = ((start_from or {}).get("metadata") or {}).get("resourceVersion")
+        if start_from is not None and version:
+            return [start_from], str(version)
+        return client.list_executions(labels=self._labels, name=self._name)
 
 
 class Engine:
@@ -173,10 +191,12 @@ class Engine:
         if not self.display_name and annotations.get(DISPLAY_NAME_ANNOTATION):
             self.display_name = annotations[DISPLAY_NAME_ANNOTATION]
             status["displayName"] = self.display_name
-        self.client.patch_execution_status(self.name, {"status": status})
+        current = self.client.patch_execution_status(self.name, {"status": status})
         self._state = "running"
         if self._watch_self:
-            self._self_watch = _Watch(self, f"Execution {self.ref}", self._on_self, name=self.name)
+            self._self_watch = _Watch(
+                self, f"Execution {self.ref}", self._on_self, name=self.name, start_from=current
+            )
 
     def report_state(self, state: str) -> None:
         """Patch ``status.runner.state`` when it changes."""

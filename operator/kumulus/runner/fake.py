@@ -148,6 +148,7 @@ class FakeClient:
         self, *, labels: Mapping[str, str] | None = None, name: str | None = None
     ) -> tuple[list[Obj], str]:
         with self._cond:
+            self.calls.append(("list_executions", name or "", dict(labels) if labels else None))
             items = [
                 copy.deepcopy(o) for o in self.executions.values() if self._matches(o, labels, name)
             ]
@@ -161,6 +162,8 @@ class FakeClient:
         labels: Mapping[str, str] | None = None,
         name: str | None = None,
     ) -> Iterator[tuple[str, Obj]]:
+        with self._cond:
+            self.calls.append(("watch_executions", name or "", resource_version))
         seen = int(resource_version or 0)
         while True:
             with self._cond:

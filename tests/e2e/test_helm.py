@@ -3,8 +3,8 @@
 The node agent runs the chart's operator and webhook Pods as local processes, each with its
 own ServiceAccount token, so this exercises the chart's RBAC for real: the installation runs
 every example (01 to 06) with nothing but the chart's RBAC; example 03's connection calls run
-in the connection executor's own Deployment. Their ports are host ports on
-the dev node, so the test binds them to 127.0.0.1 on free ports.
+in the connection executor's own Deployment. Their ports are host ports on the dev node, so
+the test binds them to 127.0.0.1 on free ports.
 
 The session ``operator`` fixture must not reconcile the same objects meanwhile:
 ``session_operator_stopped`` stops it for this test (if the session runs it) and restarts it

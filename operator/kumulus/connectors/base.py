@@ -80,6 +80,7 @@ __all__ = [
     "ConnectorUnavailableError",
     "UnknownConnectorTypeError",
     "clear_registry",
+    "connection_refused",
     "get_connector",
     "input_bool",
     "input_float",
@@ -291,6 +292,22 @@ def clear_registry() -> None:
 # key listed in ``secret_keys``.
 
 _MISSING: Any = object()
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception in its cause/context chain is a refused connection.
+
+    Client libraries wrap the socket's ``ConnectionRefusedError`` (sometimes only as text), so
+    the chain is searched; each exception is looked at once, even if the chain loops.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or "refused" in str(current).lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _invalid(message: str) -> ConnectorError:

@@ -45,6 +45,7 @@ from kumulus.connectors.base import (
     CallContext,
     Connector,
     ConnectorError,
+    connection_refused,
     input_bool,
     input_int,
     input_str,
@@ -277,17 +278,6 @@ def _partial_checks(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _refused(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError) or "refused" in str(current).lower():
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def _headers(response: httpx.Response) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in response.headers.multi_items():
@@ -385,7 +375,7 @@ class RestConnector(Connector):
             ) from None
         except httpx.ConnectError as exc:
             netloc = urllib.parse.urlsplit(request.safe_url).netloc
-            if _refused(exc):
+            if connection_refused(exc):
                 raise ConnectorError(
                     f"{where} failed: connection refused by {netloc}.", reason="ConnectionRefused"
                 ) from None

@@ -37,6 +37,7 @@ from kumulus.connectors.base import (
     CallContext,
     Connector,
     ConnectorError,
+    connection_refused,
     input_bool,
     input_int,
     input_str,
@@ -149,17 +150,6 @@ def build_mail(inputs: Mapping[str, Any]) -> SmtpMail:
     )
 
 
-def _refused(exc: BaseException) -> bool:
-    current: BaseException | None = exc
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError) or "refused" in str(current).lower():
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def _answer(answer: aiosmtplib.SMTPResponseException | aiosmtplib.SMTPResponse) -> str:
     return f"{answer.code} {answer.message}".strip()
 
@@ -233,7 +223,7 @@ class SmtpConnector(Connector):
                 f"{where} did not answer within {ctx.timeout:g}s: {exc}", reason="Timeout"
             ) from None
         except aiosmtplib.SMTPConnectError as exc:
-            if _refused(exc):
+            if connection_refused(exc):
                 raise ConnectorError(
                     f"{where}: connection refused.", reason="ConnectionRefused"
                 ) from None
@@ -247,7 +237,7 @@ class SmtpConnector(Connector):
         except aiosmtplib.SMTPException as exc:
             raise ConnectorError(f"{where}: {exc}", reason="RemoteError") from None
         except OSError as exc:
-            reason = "ConnectionRefused" if _refused(exc) else "ConnectionFailed"
+            reason = "ConnectionRefused" if connection_refused(exc) else "ConnectionFailed"
             raise ConnectorError(f"{where}: {exc.strerror or exc}", reason=reason) from None
         rejected_out = {addr: _answer(resp) for addr, resp in rejected.items()}
         accepted = [r for r in mail.recipients if r not in rejected_out]

@@ -9,7 +9,8 @@ import pytest
 
 from kumulus.domain.settings import Settings
 from kumulus.k8s.flows import FlowKeeper
-from kumulus.k8s.keeper import Key, StatusKeeper, ready_transition
+from kumulus.k8s.keeper import StatusKeeper, ready_transition
+from kumulus.k8s.resources import Key
 
 pytestmark = pytest.mark.unit
 

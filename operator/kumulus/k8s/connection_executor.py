@@ -53,12 +53,20 @@ from kumulus.domain import connection as rules
 from kumulus.domain.connection import CallView, Decision
 from kumulus.domain.settings import Settings
 from kumulus.k8s import connections, events, executions, secrets
-from kumulus.k8s.resources import Execution, client, is_conflict, is_not_found, to_dict
+from kumulus.k8s.resources import (
+    Execution,
+    Key,
+    client,
+    is_conflict,
+    is_not_found,
+    object_key,
+    resource_version,
+    to_dict,
+)
 from kumulus.observability import metrics
 
 log = logging.getLogger("kumulus.connection_executor")
 
-Key = tuple[str, str]
 
 STOP_GRACE_SECONDS = 10.0
 """On a graceful stop, running calls get this long to finish before they are failed."""
@@ -70,18 +78,6 @@ def default_instance_id() -> str:
     """``<host>/<pid>-<random>``: unique per process; the host survives a container restart."""
     host = os.environ.get("HOSTNAME") or socket.gethostname() or "localhost"
     return f"{host}/{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _key(body: Mapping[str, Any]) -> Key:
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
-
-
-def _rv(body: Mapping[str, Any] | None) -> int:
-    try:
-        return int(((body or {}).get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 async def write_status(
@@ -171,7 +167,7 @@ class ConnectionExecutor:
         """A watch event of an Execution; only CONNECTION (TASK) executions are kept."""
         if not rules.is_connection_execution(body):
             return
-        key = _key(body)
+        key = object_key(body)
         if not self.watched(key[0]):
             return
         if event_type == "DELETED":
@@ -351,7 +347,7 @@ class ConnectionExecutor:
 
     def _store(self, key: Key, body: dict[str, Any]) -> None:
         """Cache ``body`` unless a newer version (from the watch) is cached already."""
-        if _rv(body) >= _rv(self.bodies.get(key)):
+        if resource_version(body) >= resource_version(self.bodies.get(key)):
             self.bodies[key] = body
 
     async def _refresh(self, key: Key) -> dict[str, Any] | None:

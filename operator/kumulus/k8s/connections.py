@@ -23,8 +23,16 @@ from kumulus.domain import connection as rules
 from kumulus.domain.connection import Ready, SecretState
 from kumulus.domain.settings import Settings
 from kumulus.k8s import events, secrets
-from kumulus.k8s.keeper import Key, StatusKeeper, object_key, ready_transition
-from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found, patch_status
+from kumulus.k8s.keeper import StatusKeeper, ready_transition
+from kumulus.k8s.resources import (
+    GROUP,
+    VERSION,
+    Key,
+    client,
+    is_not_found,
+    object_key,
+    patch_status,
+)
 
 log = logging.getLogger("kumulus.connections")
 

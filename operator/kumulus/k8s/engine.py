@@ -57,11 +57,11 @@ from kumulus.domain.outcome import PodView
 from kumulus.domain.podspec import owner_execution
 from kumulus.domain.settings import Settings
 from kumulus.k8s import events, executions, leases, pods, rbac
+from kumulus.k8s.resources import Key, object_key, resource_version
 from kumulus.observability.metrics import EXECUTIONS as METRICS
 
 log = logging.getLogger("kumulus.engine")
 
-Key = tuple[str, str]
 
 CONFLICT_WAIT_SECONDS = 2.0
 """After a conflict, how long to wait for the newer version from the watch before reading it."""
@@ -92,18 +92,6 @@ _FINISHED_METADATA = (
 )
 _FINISHED_SPEC = ("type", "flowRef", "desiredState", "run", "ttlSecondsAfterFinished")
 _FINISHED_STATUS = ("phase", "attempts", "podName", "startTime", "endTime", "children")
-
-
-def _key(body: Mapping[str, Any]) -> Key:
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
-
-
-def _rv(body: Mapping[str, Any] | None) -> int:
-    try:
-        return int(((body or {}).get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 def _pick(body: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -172,7 +160,7 @@ class Engine:
 
     def on_execution(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event of an Execution (``None`` type = initial listing)."""
-        key = _key(body)
+        key = object_key(body)
         if not self.watched(key[0]):
             return
         parent = _parent(body)
@@ -188,7 +176,7 @@ class Engine:
                 self.children.get((key[0], parent), set()).discard(key[1])
                 self.trigger((key[0], parent))
             return
-        if _rv(body) >= _rv(self.executions.get(key)):
+        if resource_version(body) >= resource_version(self.executions.get(key)):
             self._store(key, body)
         METRICS.seen(key, body)
         if parent:
@@ -207,7 +195,7 @@ class Engine:
         owner = owner_execution(body)
         if owner is None:
             return
-        namespace, name = _key(body)
+        namespace, name = object_key(body)
         if not self.watched(namespace):
             return
         key = (namespace, owner)
@@ -221,7 +209,7 @@ class Engine:
                     del self.pods[key]
         else:
             bucket = self.pods.setdefault(key, {})
-            if _rv(body) >= _rv(bucket.get(name)):
+            if resource_version(body) >= resource_version(bucket.get(name)):
                 bucket[name] = pod_view(body)
             self._pod_seen[key] = time.monotonic()
         self.trigger(key)
@@ -239,7 +227,7 @@ class Engine:
 
     def on_flow(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event of a Flow: keep the cache used when Executions start."""
-        key = _key(body)
+        key = object_key(body)
         if event_type == "DELETED":
             self.flows.pop(key, None)
         else:
@@ -373,10 +361,10 @@ class Engine:
             return
         stale = self._stale.get(key)
         if stale is not None:
-            if _rv(body) <= stale[0] and time.monotonic() < stale[1]:
+            if resource_version(body) <= stale[0] and time.monotonic() < stale[1]:
                 return  # the newer version is on its way through the watch
             del self._stale[key]
-            if _rv(body) <= stale[0]:
+            if resource_version(body) <= stale[0]:
                 fresh = await executions.get_execution(*key)
                 if fresh is None:
                     self.executions.pop(key, None)
@@ -414,14 +402,15 @@ class Engine:
             except executions.Conflict:
                 # The version that beat this patch comes through the watch and triggers a new
                 # decision; read it only if it is late (see the module docstring).
-                self._stale[key] = (_rv(body), time.monotonic() + CONFLICT_WAIT_SECONDS)
+                until = time.monotonic() + CONFLICT_WAIT_SECONDS
+                self._stale[key] = (resource_version(body), until)
                 self.requeue(key, CONFLICT_WAIT_SECONDS)
                 log.debug("Deferred Execution %s/%s after a conflicting update.", namespace, name)
                 return False
             if patched is None:
                 self.executions.pop(key, None)
                 return False
-            if _rv(patched) >= _rv(self.executions.get(key)):
+            if resource_version(patched) >= resource_version(self.executions.get(key)):
                 self._store(key, patched)
             METRICS.status_written(key, body, action.patch)
             new_phase = action.patch.get("phase")

@@ -20,7 +20,8 @@ from typing import Any
 from kumulus.domain import flowcode, lifecycle
 from kumulus.domain.settings import Settings
 from kumulus.k8s import configmaps, events, executions
-from kumulus.k8s.keeper import Key, StatusKeeper, ready_condition, ready_transition
+from kumulus.k8s.keeper import StatusKeeper, ready_condition, ready_transition
+from kumulus.k8s.resources import Key
 
 log = logging.getLogger("kumulus.flow")
 

@@ -17,15 +17,9 @@ import logging
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
+from kumulus.k8s.resources import Key, object_key
+
 log = logging.getLogger("kumulus.keeper")
-
-Key = tuple[str, str]
-
-
-def object_key(body: Mapping[str, Any]) -> Key:
-    """``(namespace, name)`` of an object."""
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
 def ready_condition(body: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -53,6 +53,27 @@ def client() -> AsyncClient:
     return _client
 
 
+Key = tuple[str, str]
+"""``(namespace, name)`` of a namespaced object: how the operator's caches and queues key it."""
+
+
+def object_key(body: Mapping[str, Any]) -> Key:
+    """``(namespace, name)`` of an object."""
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+
+def resource_version(body: Mapping[str, Any] | None) -> int:
+    """``metadata.resourceVersion`` as a number to compare versions of one object (0 if none).
+
+    The API treats it as opaque; within one object's history it grows, which is all the caches
+    rely on to keep the newer of two versions."""
+    try:
+        return int(((body or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 def status_code(err: ApiError) -> int:
     """HTTP status code of an API error."""
     return int(err.status.code or 0)

@@ -40,13 +40,14 @@ from kumulus.domain.schedule import (
 from kumulus.domain.settings import Settings
 from kumulus.domain.timeutil import format_time, parse_time
 from kumulus.k8s import events, schedules
+from kumulus.k8s.keeper import ready_condition
+from kumulus.k8s.resources import Key, object_key
 from kumulus.observability import metrics
 
 __all__ = ["EVENT_WINDOW", "ScheduleLoop", "Scheduler"]
 
 log = logging.getLogger("kumulus.schedule")
 
-Key = tuple[str, str]
 Clock = Callable[[], datetime]
 
 _TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
@@ -56,11 +57,6 @@ EVENT_WINDOW = timedelta(seconds=30)
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _key(body: Mapping[str, Any]) -> Key:
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
 def _owner(body: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -321,9 +317,7 @@ class ScheduleLoop:
         status = body.get("status") or {}
         generation = meta.get("generation")
         gen = int(generation) if generation is not None else None
-        ready: Mapping[str, Any] = next(
-            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
-        )
+        ready: Mapping[str, Any] = ready_condition(body) or {}
         reported = (
             ready.get("status") == "False"
             and ready.get("reason") == err.reason
@@ -356,7 +350,7 @@ class Scheduler:
 
     def on_schedule(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event of a Schedule (``None`` type = initial listing)."""
-        key = _key(body)
+        key = object_key(body)
         if not self.watched(key[0]):
             return
         loop = self.loops.get(key)
@@ -382,7 +376,7 @@ class Scheduler:
         owner = _owner(body)
         if owner is None:
             return
-        namespace, ex_name = _key(body)
+        namespace, ex_name = object_key(body)
         ekey = (namespace, ex_name)
         loop = self.loops.get((namespace, owner[0]))
         if event_type == "DELETED":

@@ -16,17 +16,21 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.core_v1 import Secret
 from pydantic import ValidationError
 
 from kumulus.domain import lifecycle
 from kumulus.domain import webhook as rules
 from kumulus.domain.settings import Settings
-from kumulus.k8s import events, executions
-from kumulus.k8s.keeper import Key, StatusKeeper, object_key, ready_transition
-from kumulus.k8s.resources import GROUP, VERSION, client, is_not_found, patch_status, status_code
+from kumulus.k8s import events, executions, secrets
+from kumulus.k8s.keeper import StatusKeeper, ready_condition, ready_transition
+from kumulus.k8s.resources import (
+    GROUP,
+    VERSION,
+    Key,
+    object_key,
+    patch_status,
+)
 
 log = logging.getLogger("kumulus.webhooks")
 
@@ -42,14 +46,10 @@ async def secret_keys(namespace: str, name: str) -> frozenset[str] | None:
     Only key names leave this function.
     """
     try:
-        secret = await client().get(Secret, name, namespace=namespace)
-    except ApiError as err:
-        if is_not_found(err):
-            return None
-        if status_code(err) == 403:
-            return FORBIDDEN
-        raise
-    return frozenset(k for k, v in (secret.data or {}).items() if v)
+        data = await secrets.read_secret_data(namespace, name)
+    except secrets.SecretForbiddenError:
+        return FORBIDDEN
+    return None if data is None else frozenset(k for k, v in data.items() if v)
 
 
 async def patch_webhook_status(
@@ -92,11 +92,11 @@ def status_patch(
     """The status patch that records ``ready``, or ``None`` if the status says it already."""
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
-    namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+    namespace, name = object_key(body)
     raw_generation = meta.get("generation")
     generation = int(raw_generation) if raw_generation is not None else None
     url = rules.webhook_url(base_url, namespace, name)
-    current = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    current = ready_condition(body)
     if (
         current is not None
         and status.get("url") == url

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import yaml
 from tests.e2e.example_03 import http  # noqa: F401 - module fixture
 from tests.e2e.servers import postgres_server, ssh_server  # noqa: F401 - session fixtures
 from tests.e2e.webhook_service import webhook_service  # noqa: F401 - session fixture
+from tests.local_servers import free_port
 
 from kumulus.devcluster.dev import install_kumulus
 
@@ -106,7 +106,7 @@ def operator(
         ),
         "KUMULUS_WEBHOOK_RECHECK_SECONDS": "3",
         "KUMULUS_METRICS_HOST": "127.0.0.1",
-        "KUMULUS_METRICS_PORT": str(_free_port()),
+        "KUMULUS_METRICS_PORT": str(free_port()),
         "KUMULUS_FLOW_RECHECK_SECONDS": "2",
         "PYTHONUNBUFFERED": "1",
     }
@@ -116,13 +116,6 @@ def operator(
     yield op
     _RUNNING.remove(op)
     op.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 #: The session operator while the ``operator`` fixture holds it (for session_operator_stopped).

@@ -31,16 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.local_servers import free_port
 
 INSTALL_HINT = "run devcluster/install-test-deps.sh (make test does)"
 LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:

@@ -169,7 +169,7 @@ def test_sqlpg_pool_is_discarded_when_the_connection_changes(pg: dict[str, Any])
 
 
 def test_sqlpg_refused_connection(pg: dict[str, Any]) -> None:
-    from tests.e2e.servers import free_port
+    from tests.local_servers import free_port
 
     err = failure(SqlpgConnector(), {**pg, "port": free_port(), "fetchval": "SELECT 1"}, ctx(None))
     assert err.reason == "ConnectionRefused"
@@ -256,7 +256,7 @@ def test_ssh_script_timeout(ssh: dict[str, Any]) -> None:
 
 
 def test_ssh_refused(ssh: dict[str, Any]) -> None:
-    from tests.e2e.servers import free_port
+    from tests.local_servers import free_port
 
     err = failure(SshConnector(), {**ssh, "port": free_port(), "script": "true"})
     assert err.reason == "ConnectionRefused"

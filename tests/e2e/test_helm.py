@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.e2e import example_03
-from tests.local_servers import HttpServer
+from tests.local_servers import HttpServer, free_port
 
 from kumulus.devcluster.paths import bin_cache_dir, read_versions
 
@@ -41,13 +40,6 @@ RELEASE = "khelm"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 CRDS = ("flows", "executions", "schedules", "connections", "webhooks")
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def helm_binary() -> Path:

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.local_servers import free_port
 
 from kumulus.devcluster.dev import install_kumulus
 
@@ -107,13 +108,6 @@ def status_of(raw: bytes) -> int | None:
     if len(line) >= 2 and line[0].startswith(b"HTTP/") and line[1].isdigit():
         return int(line[1])
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

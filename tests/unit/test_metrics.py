@@ -8,13 +8,13 @@ process's, so every check compares a value before and after.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.local_servers import free_port
 
 from kumulus.domain.settings import Settings
 from kumulus.k8s import engine as engine_mod
@@ -293,13 +293,6 @@ async def test_the_engine_records_each_transition_it_writes(api: FakeApi) -> Non
 
 
 # --------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_the_server_answers_metrics_and_survives_a_taken_port() -> None:

@@ -1,4 +1,4 @@
-"""The runner as a real process: SIGTERM ends the flow ENDED_CANCELLED with exit code 3."""
+"""The runner and SIGTERM: the flow ends ENDED_CANCELLED with exit code 3, promptly."""
 
 from __future__ import annotations
 
@@ -49,3 +49,22 @@ def test_sigterm_reports_cancelled_and_exits_3() -> None:
     runner = json.loads(stdout.strip().splitlines()[-1])
     assert runner["state"] == "ended"
     assert runner["result"]["status"] == "ENDED_CANCELLED"
+
+
+def test_sleep_returns_to_python_at_least_every_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``this.sleep(3.5)`` sleeps in slices of at most 1 s, so a SIGTERM that lands just before
+    one slice's system call is handled within a second, not after the whole sleep."""
+    from kumulus.runner import engine
+
+    clock = [0.0]
+    slices: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        slices.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(engine.time, "sleep", fake_sleep)
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    engine.sliced_sleep(3.5)
+    assert slices == [1.0, 1.0, 1.0, 0.5]
+    assert max(slices) <= engine.SIGNAL_CHECK_SECONDS

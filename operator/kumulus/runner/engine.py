@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
@@ -30,6 +31,22 @@ log = logging.getLogger("kumulus.runner")
 OUTPUT_LIMIT_MAX = 262144
 PARENT_LABEL = "kumulus.dev/parent"
 DISPLAY_NAME_ANNOTATION = "kumulus.dev/display-name"
+
+SIGNAL_CHECK_SECONDS = 1.0
+"""Longest single blocking wait of the runner's main thread.
+
+A signal that arrives just before a blocking system call (a sleep, a lock wait) does not
+interrupt it, so Python runs the SIGTERM handler (which raises ``Terminated``) only when the
+call returns. Waiting in slices bounds that delay, so a cancelled flow ends as
+``ENDED_CANCELLED`` within about a second instead of after its whole sleep or wait (or being
+killed when the Pod's grace period is over)."""
+
+
+def sliced_sleep(seconds: float) -> None:
+    """``time.sleep(seconds)`` in slices of at most :data:`SIGNAL_CHECK_SECONDS`."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(remaining, SIGNAL_CHECK_SECONDS))
 
 
 class ReturnWhen(StrEnum):
@@ -291,7 +308,7 @@ class Engine:
         log.info("Paused Execution %s in a flow API call.", self.ref)
         with self._cond:
             while self._desired == "Paused" and not self.stopped.is_set():
-                self._cond.wait()
+                self._cond.wait(SIGNAL_CHECK_SECONDS)
         log.info("Resumed Execution %s.", self.ref)
         self.report_state(previous)
 
@@ -378,8 +395,6 @@ class Engine:
         self, names: Sequence[str], return_when: ReturnWhen, timeout: float | None = None
     ) -> list[Obj]:
         """Join on children: return their newest objects; raise per ``return_when``."""
-        import time
-
         watch = self._ensure_children_watch()
         deadline = None if timeout is None else time.monotonic() + timeout
         reported = False
@@ -410,7 +425,8 @@ class Engine:
                             )
                         if self.stopped.is_set():
                             raise EngineException(f"Execution {self.ref} is stopping.")
-                        self._cond.wait(remaining)
+                        slice_ = SIGNAL_CHECK_SECONDS
+                        self._cond.wait(slice_ if remaining is None else min(remaining, slice_))
                 self.report_state("waiting")
                 reported = True
         finally:

@@ -18,7 +18,7 @@ from typing import IO, Any, ParamSpec, TypeVar
 
 from kumulus.runner import states
 from kumulus.runner.client import Obj
-from kumulus.runner.engine import DISPLAY_NAME_ANNOTATION, Engine, ReturnWhen
+from kumulus.runner.engine import DISPLAY_NAME_ANNOTATION, Engine, ReturnWhen, sliced_sleep
 from kumulus.runner.errors import (
     END_STATUSES,
     ENDED_CANCELLED,
@@ -341,7 +341,7 @@ class Execution:
     def sleep(self, seconds: float) -> None:
         """Sleep (a pause requested meanwhile takes effect when it returns)."""
         if seconds > 0:
-            time.sleep(seconds)
+            sliced_sleep(seconds)
         self._engine.checkpoint()
 
     @_api
@@ -349,7 +349,7 @@ class Execution:
         """Sleep until a datetime, an ISO 8601 string or epoch seconds (naive = UTC)."""
         delay = _parse_time(ts) - time.time()
         if delay > 0:
-            time.sleep(delay)
+            sliced_sleep(delay)
         self._engine.checkpoint()
 
     # -- fields -----------------------------------------------------------------------------

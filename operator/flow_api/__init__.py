@@ -18,7 +18,8 @@ Cloudomation                               Kumulus
                                            ``except Exception``
 ``sleep``, ``sleep_until``                 yes
 ``log``                                    one JSON line on stdout per call
-``save/get/load``, ``set_output``          yes; ``status`` strings: see kumulus.runner.states
+``save/get/load``, ``set_output``          yes; ``status`` strings: see kumulus.runner.states;
+                                           outputs over the limit raise OutputLimitExceeded
 ``webhook_html_response``                  yes (``status.runner.webhookResponse``)
 ``system.flow``, ``system.connection``     read-only (a Connection without its Secret)
 ``system.return_when``                     yes
@@ -40,6 +41,7 @@ from kumulus.runner.errors import (
     InvalidInputError,
     LockTimeoutError,
     MissingInputError,
+    OutputLimitExceeded,
     PermissionDenied,
     ResourceNotFoundError,
     SchemaValidationError,
@@ -63,6 +65,7 @@ __all__ = [
     "InvalidInputError",
     "LockTimeoutError",
     "MissingInputError",
+    "OutputLimitExceeded",
     "PermissionDenied",
     "ResourceNotFoundError",
     "ReturnWhen",

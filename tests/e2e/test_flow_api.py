@@ -273,6 +273,55 @@ def test_outputs_over_the_limit_fail(kubectl: Any, client: Client, namespace: st
     assert "big" not in (status.get("outputs") or {})
 
 
+def test_outputs_are_measured_as_they_are_stored(
+    kubectl: Any, client: Client, namespace: str
+) -> None:
+    # 100,000 x "é" is 200,011 bytes as the API server stores it (UTF-8) but 600,011 as
+    # ASCII-escaped JSON. The runner and the operator measure alike, so what the flow was
+    # allowed to save is kept (issue 11: it used to fail the Execution with OutputTooLarge).
+    obj = run_parent(
+        kubectl,
+        client,
+        namespace,
+        """
+        import flow_api
+
+        def handler(system, this):
+            try:
+                this.save(output_value={'text': 'é' * 100000})
+            except flow_api.OutputLimitExceeded as exc:
+                this.save(message=str(exc))
+                raise
+        """,
+    )
+    status = status_of(obj)
+    assert status["phase"] == "Succeeded", status.get("statusMessage")
+    assert status["outputs"] == {"text": "é" * 100000}
+
+
+def test_a_flow_catches_the_output_limit_and_saves_less(
+    kubectl: Any, client: Client, namespace: str
+) -> None:
+    obj = run_parent(
+        kubectl,
+        client,
+        namespace,
+        """
+        import flow_api
+
+        def handler(system, this):
+            try:
+                this.save(output_value={'big': 'x' * 300000})
+            except flow_api.OutputLimitExceeded as exc:
+                this.save(output_value={'summary': 'too big'}, message=str(exc))
+        """,
+    )
+    status = status_of(obj)
+    assert status["phase"] == "Succeeded", status.get("statusMessage")
+    assert status["outputs"] == {"summary": "too big"}
+    assert "over the limit of 262144 bytes" in status["message"]
+
+
 @pytest.mark.parametrize(
     ("folder", "name", "outputs"),
     [

@@ -23,6 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from kumulus.devcluster.paths import bin_cache_dir, read_versions
+from kumulus.domain import outputs
 from kumulus.domain.settings import Settings
 from kumulus.webhook.settings import WebhookSettings
 
@@ -577,6 +578,8 @@ def test_crds_keep_false_lets_helm_delete_them() -> None:
         ("webhook.service.type=Magic", "/webhook/service/type"),
         ("watchNamespaces={Not_A_Namespace}", "/watchNamespaces/0"),
         ("crds.enabled=maybe", "/crds/enabled"),
+        ("operator.settings.outputLimitBytes=0", "/operator/settings/outputLimitBytes"),
+        ("operator.settings.outputLimitBytes=1048577", "/operator/settings/outputLimitBytes"),
     ],
 )
 def test_schema_rejects_bad_values(value: str, message: str) -> None:
@@ -585,6 +588,24 @@ def test_schema_rejects_bad_values(value: str, message: str) -> None:
     )
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+def test_schema_bounds_the_output_limit_as_the_settings_do() -> None:
+    # One limit: helm refuses exactly the values the operator's Settings refuse.
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    prop = schema["properties"]["operator"]["properties"]["settings"]["properties"][
+        "outputLimitBytes"
+    ]
+    low, high = prop["minimum"], prop["maximum"]
+    assert (low, high) == (1, outputs.LIMIT_MAX_BYTES)
+    for limit in (low, high):
+        assert Settings(output_limit_bytes=limit).output_limit_bytes == limit
+    for limit in (low - 1, high + 1):
+        with pytest.raises(ValueError, match="output_limit_bytes"):
+            Settings(output_limit_bytes=limit)
+    docs = render(f"operator.settings.outputLimitBytes={high}")
+    env = env_of(container(one(docs, "Deployment", "kumulus-operator")))
+    assert Settings.from_env(env).output_limit_bytes == high
 
 
 # --------------------------------------------------------------------------- NOTES.txt

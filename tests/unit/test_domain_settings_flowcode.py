@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kumulus.domain import outputs
 from kumulus.domain.flowcode import check_code
 from kumulus.domain.settings import Settings
 
@@ -35,6 +36,20 @@ def test_env_overrides_every_kind_of_field() -> None:
     assert s.default_ttl_seconds == 30
     assert s.pod_start_deadline_seconds == 7
     assert s.requeue_error_seconds == 1.5
+
+
+@pytest.mark.parametrize("limit", [1, outputs.LIMIT_MAX_BYTES])
+def test_output_limit_within_the_maximum_is_accepted(limit: int) -> None:
+    env = {"KUMULUS_OUTPUT_LIMIT_BYTES": str(limit)}
+    assert Settings.from_env(env).output_limit_bytes == limit
+
+
+@pytest.mark.parametrize("limit", [0, -1, outputs.LIMIT_MAX_BYTES + 1, 10_000_000])
+def test_output_limit_outside_the_maximum_is_rejected(limit: int) -> None:
+    with pytest.raises(ValueError, match=f"between 1 and {outputs.LIMIT_MAX_BYTES} bytes"):
+        Settings.from_env({"KUMULUS_OUTPUT_LIMIT_BYTES": str(limit)})
+    with pytest.raises(ValueError, match="output_limit_bytes"):
+        Settings(output_limit_bytes=limit)
 
 
 def test_bad_boolean_is_rejected() -> None:

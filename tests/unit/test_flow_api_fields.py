@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from kumulus.domain import outputs
 from kumulus.runner import states
 from kumulus.runner.fake import FakeClient
 from kumulus.runner.main import run
@@ -65,22 +66,42 @@ def test_get_unknown_field_is_a_clear_error(fake: FakeClient) -> None:
     assert "Unknown field 'colour'" in status["runner"]["result"]["message"]
 
 
-def test_outputs_over_the_limit_fail_with_exit_2_and_are_never_written(fake: FakeClient) -> None:
+def test_outputs_over_the_limit_are_refused_at_once_and_never_written(fake: FakeClient) -> None:
     rc, status = run_flow(
         fake,
         "def handler(system, this):\n"
         "    this.save(output_value={'small': 1})\n"
-        "    try:\n"
-        "        this.save(output_value={'big': 'x' * 500})\n"
-        "    except Exception:\n"
-        "        this.success('caught')\n",
+        "    this.save(output_value={'big': 'x' * 500})\n"
+        "    this.save(message='not reached')\n",
         KUMULUS_OUTPUT_LIMIT_BYTES="100",
     )
     assert rc == 2
     assert status["outputs"] == {"small": 1}
+    assert "message" not in status
     message = status["runner"]["result"]["message"]
     assert "over the limit of 100 bytes" in message
     assert status["runner"]["result"]["status"] == "ENDED_ERROR"
+
+
+def test_a_flow_may_catch_the_output_limit_and_save_less(fake: FakeClient) -> None:
+    rc, status = run_flow(
+        fake,
+        "import flow_api\n"
+        "def handler(system, this):\n"
+        "    try:\n"
+        "        this.save(output_value={'big': 'x' * 500})\n"
+        "    except flow_api.OutputLimitExceeded as exc:\n"
+        "        this.save(output_value={'caught': type(exc).__name__})\n"
+        "    try:\n"
+        "        this.set_output('big', 'x' * 500)\n"
+        "    except Exception as exc:\n"  # an ordinary flow_api error, like the others
+        "        assert isinstance(exc, flow_api.EngineException), exc\n"
+        "        this.save(message=str(exc))\n",
+        KUMULUS_OUTPUT_LIMIT_BYTES="100",
+    )
+    assert rc == 0, status["runner"]["result"]
+    assert status["outputs"] == {"caught": "OutputLimitExceeded"}
+    assert "over the limit of 100 bytes (KUMULUS_OUTPUT_LIMIT_BYTES)" in status["message"]
 
 
 def test_set_output_over_the_limit_fails(fake: FakeClient) -> None:
@@ -92,14 +113,26 @@ def test_set_output_over_the_limit_fails(fake: FakeClient) -> None:
     assert "outputs" not in status
 
 
-def test_output_limit_above_maximum_is_lowered(fake: FakeClient) -> None:
+def test_the_operators_output_limit_holds_up_to_the_maximum(fake: FakeClient) -> None:
+    # Raising Settings.output_limit_bytes raises the limit of flows too, not only of
+    # CONNECTION Executions (the runner used to cap it at 262144 without a word).
     rc, status = run_flow(
         fake,
-        "def handler(system, this):\n    this.set_output('big', 'x' * 270000)\n",
-        KUMULUS_OUTPUT_LIMIT_BYTES="10000000",
+        "def handler(system, this):\n    this.set_output('big', 'x' * 300000)\n",
+        KUMULUS_OUTPUT_LIMIT_BYTES=str(outputs.LIMIT_MAX_BYTES),
+    )
+    assert rc == 0, status["runner"]["result"]
+    assert status["outputs"] == {"big": "x" * 300000}
+
+
+def test_an_output_limit_over_the_maximum_does_not_start_the_flow(fake: FakeClient) -> None:
+    rc, status = run_flow(
+        fake,
+        "def handler(system, this):\n    this.save(message='ran')\n",
+        KUMULUS_OUTPUT_LIMIT_BYTES=str(outputs.LIMIT_MAX_BYTES + 1),
     )
     assert rc == 2
-    assert "262144 bytes" in status["runner"]["result"]["message"]
+    assert "message" not in status and "runner" not in status
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from kumulus.domain import outputs as output_rules
 from kumulus.domain.lifecycle import format_duration, normalise_type, set_condition
 from kumulus.domain.timeutil import format_time, parse_time
 
@@ -199,15 +200,11 @@ def check_outputs(outputs: object, limit_bytes: int) -> tuple[str, str] | None:
     if not isinstance(outputs, Mapping):
         return "InvalidOutputs", f"the connector returned {type(outputs).__name__}, not a dict"
     try:
-        text = json.dumps(outputs, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = output_rules.stored_size(outputs)
     except (TypeError, ValueError) as err:
         return "InvalidOutputs", f"the connector's outputs are not JSON: {err}"
-    size = len(text.encode())
     if size > limit_bytes:
-        return (
-            "OutputTooLarge",
-            f"Outputs are {size} bytes, over the limit of {limit_bytes} bytes.",
-        )
+        return "OutputTooLarge", output_rules.too_large(size, limit_bytes)
     return None
 
 

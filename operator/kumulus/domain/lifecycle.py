@@ -16,14 +16,13 @@ summary is kept in step with its children (merged into the same status patch whe
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import jsonschema
 
-from kumulus.domain import backoff, naming, podspec
+from kumulus.domain import backoff, naming, outputs, podspec
 from kumulus.domain.outcome import Outcome, PodView, pod_outcome, start_problem
 from kumulus.domain.settings import Settings
 from kumulus.domain.timeutil import format_time, parse_time
@@ -269,17 +268,15 @@ class Ctx:
             return Outcome(
                 FAILED,
                 "OutputTooLarge",
-                f"Outputs are {self.output_size} bytes, over the limit of "
-                f"{self.settings.output_limit_bytes} bytes.",
+                outputs.too_large(self.output_size, self.settings.output_limit_bytes),
             )
         return None
 
     @property
     def output_size(self) -> int:
-        outputs = self.status.get("outputs")
-        if outputs is None:
-            return 0
-        return len(json.dumps(outputs, separators=(",", ":")).encode())
+        """Stored size of ``status.outputs`` (the runner measured it the same way)."""
+        value = self.status.get("outputs")
+        return 0 if value is None else outputs.stored_size(value)
 
     @property
     def output_too_large(self) -> bool:

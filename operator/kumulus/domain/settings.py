@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from kumulus.domain import outputs
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -40,8 +42,14 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means all namespaces."""
 
-    output_limit_bytes: int = 262144
-    """Largest allowed JSON size of ``status.outputs``; bigger outputs fail the Execution."""
+    output_limit_bytes: int = outputs.LIMIT_DEFAULT_BYTES
+    """Largest size of ``status.outputs`` as stored (compact UTF-8 JSON, see
+    :func:`kumulus.domain.outputs.stored_size`), from 1 to 1048576 (1 MiB,
+    :data:`kumulus.domain.outputs.LIMIT_MAX_BYTES`: what etcd holds next to the rest of the
+    Execution). The one limit of every Execution type: the operator hands it to runner Pods
+    (``KUMULUS_OUTPUT_LIMIT_BYTES``), where ``this.save(output_value=...)`` over it raises
+    ``OutputLimitExceeded`` at once, and the connection executor applies it to connector
+    results; outputs found over it when an attempt ends fail the Execution (OutputTooLarge)."""
 
     pod_start_deadline_seconds: int = 120
     """A Pod not running after this many seconds (unschedulable, image pull) fails the attempt."""
@@ -108,6 +116,9 @@ class Settings:
     log_format: str = "text"
     """``text`` (kopf's format) or ``json``: one JSON object per log line (time, level, logger,
     message, object)."""
+
+    def __post_init__(self) -> None:
+        outputs.check_limit(self.output_limit_bytes, "output_limit_bytes")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kumulus.api.v1alpha1 import Webhook, WebhookSpec
-from kumulus.domain import naming
+from kumulus.domain import naming, outputs
 
 LABEL_WEBHOOK = "kumulus.dev/webhook"
 """Label on every Execution a webhook call created: the Webhook's name (shortened if long)."""
@@ -405,8 +405,8 @@ def build_inputs(
 
 
 def inputs_size(inputs: Mapping[str, Any]) -> int:
-    """Size in bytes of the inputs as JSON (what the Execution will carry)."""
-    return len(json.dumps(inputs, separators=(",", ":"), ensure_ascii=False).encode())
+    """Size in bytes of the inputs as the Execution will carry them (measured like outputs)."""
+    return outputs.stored_size(inputs)
 
 
 def wants_async(query: Sequence[tuple[str, str]]) -> bool:

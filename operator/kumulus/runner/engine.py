@@ -9,7 +9,6 @@ following children with ONE watch (never polling), and blocking while ``spec.des
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import threading
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
+from kumulus.domain.outputs import LIMIT_DEFAULT_BYTES, stored_size
 from kumulus.runner import naming, states
 from kumulus.runner.client import API_VERSION, AlreadyExistsError, ApiClient, Obj
 from kumulus.runner.errors import (
@@ -28,7 +28,6 @@ from kumulus.runner.errors import (
 
 log = logging.getLogger("kumulus.runner")
 
-OUTPUT_LIMIT_MAX = 262144
 PARENT_LABEL = "kumulus.dev/parent"
 DISPLAY_NAME_ANNOTATION = "kumulus.dev/display-name"
 
@@ -73,11 +72,6 @@ def evaluate_wait(objs: Sequence[Obj | None], return_when: ReturnWhen) -> tuple[
     if return_when is ReturnWhen.ALL_ENDED:
         return len(ended) == len(objs), None
     return (bool(ended) or not objs), None
-
-
-def output_size(outputs: Any) -> int:
-    """Size in bytes of outputs as stored (compact JSON)."""
-    return len(json.dumps(outputs, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def describe_failure(obj: Obj) -> str:
@@ -167,7 +161,7 @@ class Engine:
         obj: Obj,
         *,
         attempt: int,
-        output_limit: int = OUTPUT_LIMIT_MAX,
+        output_limit: int = LIMIT_DEFAULT_BYTES,
         watch_self: bool = True,
     ) -> None:
         meta = obj.get("metadata") or {}
@@ -177,7 +171,7 @@ class Engine:
         self.namespace: str = meta.get("namespace") or client.namespace
         self.uid: str | None = meta.get("uid")
         self.attempt = attempt
-        self.output_limit = min(output_limit, OUTPUT_LIMIT_MAX)
+        self.output_limit = output_limit  # the operator's Settings.output_limit_bytes
         status = obj.get("status") or {}
         self.outputs: dict[str, Any] = dict(status.get("outputs") or {})
         self.message: str | None = status.get("message")
@@ -255,10 +249,15 @@ class Engine:
         name: str | None = None,
         outputs: dict[str, Any] | None = None,
     ) -> None:
-        """Write own status fields in one JSON patch; outputs are checked against the limit."""
+        """Write own status fields in one JSON patch; outputs are checked against the limit.
+
+        Outputs are measured as the operator measures them (:func:`stored_size`), so outputs
+        written here never fail the Execution with ``OutputTooLarge`` afterwards; outputs over
+        the limit raise :class:`OutputLimitExceeded` and nothing is written.
+        """
         ops: list[Obj] = []
         if outputs is not None:
-            size = output_size(outputs)
+            size = stored_size(outputs)
             if size > self.output_limit:
                 raise OutputLimitExceeded(
                     f"Outputs of Execution {self.ref} are {size} bytes, over the limit of "

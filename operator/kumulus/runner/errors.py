@@ -61,6 +61,19 @@ class SchemaValidationError(EngineException):
     """Inputs do not match the flow's input schema."""
 
 
+class OutputLimitExceeded(EngineException):
+    """Outputs over the output limit: nothing was written, the message names the limit.
+
+    Raised at once by ``this.save(output_value=...)`` and ``this.set_output``. A flow may catch
+    it (and save something smaller); uncaught, the runner ends with exit code 2 and the
+    Execution fails without a retry.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 ENDED_SUCCESS = "ENDED_SUCCESS"
 ENDED_ERROR = "ENDED_ERROR"
 ENDED_CANCELLED = "ENDED_CANCELLED"
@@ -73,14 +86,6 @@ class ExecutionEnd(BaseException):
     def __init__(self, status: str, message: str | None = None) -> None:
         super().__init__(status, message)
         self.status = status
-        self.message = message
-
-
-class OutputLimitExceeded(BaseException):
-    """The flow tried to write outputs over the limit; the runner ends with exit code 2."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
         self.message = message
 
 

@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
+from kumulus.domain import outputs
 from kumulus.runner.client import ApiClient, Obj
-from kumulus.runner.engine import OUTPUT_LIMIT_MAX, Engine
+from kumulus.runner.engine import Engine
 from kumulus.runner.errors import (
     ENDED_CANCELLED,
     ENDED_ERROR,
@@ -169,19 +170,20 @@ def invoke(
 
 
 def _output_limit(env: Mapping[str, str]) -> int:
-    raw = env.get("KUMULUS_OUTPUT_LIMIT_BYTES") or str(OUTPUT_LIMIT_MAX)
+    """The operator's output limit (``Settings.output_limit_bytes``), trusted within the maximum.
+
+    The operator validated it; a value out of range here means a runner image and an operator
+    that disagree, so the attempt does not start rather than run with another limit.
+    """
+    raw = env.get("KUMULUS_OUTPUT_LIMIT_BYTES") or str(outputs.LIMIT_DEFAULT_BYTES)
     try:
         limit = int(raw)
     except ValueError:
         raise StartError(f"KUMULUS_OUTPUT_LIMIT_BYTES is not a number: {raw!r}.") from None
-    if limit <= 0:
-        raise StartError(f"KUMULUS_OUTPUT_LIMIT_BYTES must be positive, not {limit}.")
-    if limit > OUTPUT_LIMIT_MAX:
-        log.warning(
-            "Lowered KUMULUS_OUTPUT_LIMIT_BYTES %d to the maximum %d.", limit, OUTPUT_LIMIT_MAX
-        )
-        limit = OUTPUT_LIMIT_MAX
-    return limit
+    try:
+        return outputs.check_limit(limit, "KUMULUS_OUTPUT_LIMIT_BYTES")
+    except ValueError as exc:
+        raise StartError(str(exc)) from None
 
 
 def run(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -532,5 +536,135 @@ def test_scenarios_cover_the_whole_table() -> None:
 def test_each_transition_fires_on_its_scenario(name: str) -> None:
     execution, p, flow = _scenarios()[name]
     assert rule(execution, p, flow=flow) == name
-    # The same decision applied twice is stable: deciding is a pure function.
-    assert decide(execution, p, flow=flow) == decide(execution, p, flow=flow)
+    before = copy.deepcopy((execution, flow))
+    actions = decide(execution, p, flow=flow)
+    # Deciding is pure: it reads the Execution and the Flow, never changes them ...
+    assert (execution, flow) == before
+    # ... and a row that moves the phase does it in exactly one status patch, to a listed phase.
+    row = next(t for t in lc.TRANSITIONS if t.name == name)
+    moves = [a for a in of(actions, lc.PatchStatus) if "phase" in a.patch]
+    assert len(moves) == (1 if row.targets else 0), actions
+    assert lc.written_phases(actions) <= row.targets
+
+
+# ---------------------------------------------------------------- the table is the law
+
+
+def _grid() -> Iterator[tuple[dict[str, Any], PodView | None, dict[str, Any] | None, Settings]]:
+    """Executions in every phase against every Pod, runner report and request (a few thousand).
+
+    Not built from the table: phases, requests, attempts, runner states and Pods are crossed
+    blindly, then a few profiles vary the Flow, the type, the TTL and the outputs.
+    """
+    schema_flow = {**FLOW, "spec": {"inputSchema": {"type": "object", "required": ["n"]}}}
+    bad_flow = {
+        "metadata": {"name": "f", "generation": 1},
+        "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "False"}]},
+    }
+    attempts: list[dict[str, Any]] = [
+        {},
+        {"attempts": 1, "podName": "ex-a1", "startTime": ts(60)},
+        {"attempts": 1, "podName": "ex-a1", "nextRetryTime": ts(5)},
+        {"attempts": 1, "podName": "ex-a1", "nextRetryTime": ts(-5)},
+    ]
+    pods: list[PodView | None] = [
+        None,
+        pod("Pending"),
+        PodView(name="ex-a1", phase="Pending", created=NOW - timedelta(seconds=600)),
+        pod("Running", running=True),
+        pod("Running", running=True, deleting=True),
+        pod("Succeeded", exit_code=0),
+        pod("Failed", exit_code=1),
+        pod("Failed", exit_code=2),
+        pod("Failed", exit_code=3),
+        pod("Failed", exit_code=137, signal=9),
+    ]
+    Profile = tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], Settings, float]
+    profiles: list[Profile] = [
+        # (spec, flow, extra status, settings, seconds since the Execution was created)
+        ({}, FLOW, {}, SETTINGS, 5),
+        ({"retry": {"limit": 2}}, FLOW, {}, SETTINGS, 5),
+        ({"run": False}, FLOW, {}, SETTINGS, 5),
+        ({"inputs": {}}, schema_flow, {}, SETTINGS, 5),
+        ({}, bad_flow, {}, SETTINGS, 5),
+        ({}, None, {}, SETTINGS, 5),
+        ({}, None, {}, SETTINGS, 600),
+        ({"type": "SCRIPT", "flowRef": None, "script": "x"}, None, {}, SETTINGS, 5),
+        ({"type": "CONNECTION", "connection": {"type": "REST"}}, None, {}, SETTINGS, 5),
+        ({"ttlSecondsAfterFinished": 5}, FLOW, {"endTime": ts(9)}, SETTINGS, 5),
+        ({"ttlSecondsAfterFinished": 5}, FLOW, {"endTime": ts(1)}, SETTINGS, 5),
+        ({}, FLOW, {"outputs": {"x": "y" * 200}}, Settings(output_limit_bytes=100), 5),
+    ]
+    phases = ["", "Pending", "Running", "Waiting", "Paused", "Succeeded", "Failed", "Cancelled"]
+    for spec, flow, extra, settings, created_ago in profiles:
+        for phase, desired, attempt, state, p in itertools.product(
+            phases,
+            ["Running", "Paused", "Cancelled"],
+            attempts,
+            [None, "running", "waiting", "paused", "ended"],
+            pods,
+        ):
+            status: dict[str, Any] = {**attempt, **extra}
+            if phase:
+                status["phase"] = phase
+            if state is not None and attempt:
+                status["runner"] = {"attempt": 1, "state": state}
+            execution = exe(status, desiredState=desired, **spec)
+            execution["metadata"]["creationTimestamp"] = ts(created_ago)
+            yield execution, p if attempt else None, flow, settings
+
+
+def test_every_row_writes_only_the_phases_its_targets_list() -> None:
+    written: dict[str, set[str]] = {t.name: set() for t in lc.TRANSITIONS}
+    unlisted: dict[str, set[str]] = {}
+    for execution, p, flow, settings in _grid():
+        ctx = lc.Ctx(execution, p, [], flow, NOW, settings)
+        row = lc.select(ctx)
+        if row is None:
+            decided = lc.decide(execution, p, [], NOW, flow=flow, settings=settings)
+            assert lc.written_phases(decided) == set(), execution
+            continue
+        # The row's own effect, not decide(): decide() refuses what this test looks for.
+        phases = lc.written_phases(row.effect(ctx))
+        written[row.name] |= phases
+        if phases - row.targets:
+            unlisted.setdefault(row.name, set()).update(phases - row.targets)
+    assert unlisted == {}, "rows writing phases their targets do not list"
+    # Every row fired, and every phase a row lists is one it really writes: the column is exact.
+    assert written == {t.name: set(t.targets) for t in lc.TRANSITIONS}
+
+
+def test_a_cancel_that_loses_the_race_with_the_end_of_the_flow_ends_succeeded() -> None:
+    # Cancel requested, but the Pod had already exited 0: the flow's work is done.
+    ex = exe(started("Running", outputs={"n": 1}), desiredState="Cancelled")
+    assert rule(ex, pod("Succeeded", exit_code=0)) == "cancelled"
+    patch = status_patch(decide(ex, pod("Succeeded", exit_code=0)))
+    assert patch["phase"] == "Succeeded"
+    assert "outputs" not in patch  # kept
+    # A Pod that ended any other way while cancelling ends Cancelled.
+    for ended in (pod("Failed", exit_code=143), pod("Failed", exit_code=1), None):
+        assert status_patch(decide(ex, ended))["phase"] == "Cancelled"
+
+
+def test_a_decision_the_table_does_not_list_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    start = next(t for t in lc.TRANSITIONS if t.name == "start")
+
+    def start_and_claim_success(ctx: lc.Ctx) -> list[lc.Action]:
+        return [*start.effect(ctx), lc.PatchStatus({"phase": "Succeeded"})]
+
+    broken = dataclasses.replace(start, effect=start_and_claim_success)
+    table = tuple(broken if t is start else t for t in lc.TRANSITIONS)
+    monkeypatch.setattr(lc, "TRANSITIONS", table)
+    with pytest.raises(lc.IllegalTransition, match=r"'start'.*from 'new' to Succeeded.*Pending"):
+        decide(exe())
+    # A row that only acts may not write a phase either.
+    with pytest.raises(lc.IllegalTransition, match=r"'ttl-wait'.*lists only no phase"):
+        lc.check_transition(
+            "Failed",
+            next(t for t in lc.TRANSITIONS if t.name == "ttl-wait"),
+            [lc.PatchStatus({"phase": "Pending"})],
+        )
+    # No row fired: nothing may be written, though the children summary may.
+    lc.check_transition("Running", None, [lc.PatchStatus({"children": []})])
+    with pytest.raises(lc.IllegalTransition, match="No row of the lifecycle table fired"):
+        lc.check_transition("Running", None, [lc.PatchStatus({"phase": "Failed"})])

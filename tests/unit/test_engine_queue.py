@@ -8,11 +8,14 @@ and finished Executions cached as small views without their Pods.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from kumulus.domain import lifecycle
 from kumulus.domain.settings import Settings
 from kumulus.k8s import engine as engine_mod
 from kumulus.k8s import events, executions, pods
@@ -178,6 +181,34 @@ async def test_a_conflict_reads_the_execution_when_the_watch_is_late(
     await engine.shutdown()
     assert api.gets == ["late"]
     assert [(name, rv) for name, rv, _ in api.patches] == [("late", "7")]
+
+
+async def test_a_transition_the_table_does_not_list_is_refused(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A broken rule: "start" also claims the Execution succeeded. The engine applies nothing
+    # of that decision (no Pod, no patch, no Event), says why, and does not retry it.
+    start = next(t for t in lifecycle.TRANSITIONS if t.name == "start")
+
+    def start_and_claim_success(ctx: lifecycle.Ctx) -> list[lifecycle.Action]:
+        return [*start.effect(ctx), lifecycle.PatchStatus({"phase": "Succeeded"})]
+
+    broken = dataclasses.replace(start, effect=start_and_claim_success)
+    table = tuple(broken if t is start else t for t in lifecycle.TRANSITIONS)
+    monkeypatch.setattr(lifecycle, "TRANSITIONS", table)
+    engine = new_engine()
+    body = execution("lawless", rv=1)
+    api.objects["lawless"] = body
+    with caplog.at_level(logging.ERROR, logger="kumulus.engine"):
+        engine.on_execution(None, body)
+        await settle(engine, api)
+    timers = dict(engine._timers)
+    await engine.shutdown()
+    assert (api.created, api.patches, api.events) == ([], [], [])
+    assert ("ns", "lawless") not in timers
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.getMessage().startswith("Refused a transition of Execution ns/lawless: ")
+    assert "'start'" in record.getMessage() and "Succeeded" in record.getMessage()
 
 
 async def test_finished_executions_are_cached_small_and_without_pods(api: FakeApi) -> None:

@@ -121,7 +121,7 @@ def test_each_phase_transition_records_its_event(
 
 
 def test_every_row_that_moves_the_phase_is_covered() -> None:
-    moving = {t.name for t in lc.TRANSITIONS if t.target is not None}
+    moving = {t.name for t in lc.TRANSITIONS if t.targets}
     covered = {case[4] for case in CASES}
     # Rows reached only through inputs/flow state this table does not build (their Event comes
     # from the same _finish helper as "failed", checked above).

@@ -7,10 +7,13 @@ deciding again asks for nothing), so the handler layer may call it on any event,
 restart, or from several operator processes at once.
 
 :data:`TRANSITIONS` lists every rule in the order they are tried; the first rule whose source
-phases contain the current phase and whose guard holds fires. A rule either moves the phase
-(``target``) with exactly one status patch, or only acts (``target=None``: create/delete a Pod,
-requeue, delete the Execution). Independently of the rule, the parent's ``status.children``
-summary is kept in step with its children (merged into the same status patch when one fires).
+phases contain the current phase and whose guard holds fires. A rule either moves the phase to
+one of its ``targets`` with exactly one status patch, or only acts (no targets: create/delete a
+Pod, requeue, delete the Execution). The table is the law: :func:`decide` refuses
+(:class:`IllegalTransition`) a decision that writes a phase its rule does not list, so the
+table always says every phase change the engine can make. Independently of the rule, the
+parent's ``status.children`` summary is kept in step with its children (merged into the same
+status patch when one fires).
 """
 
 from __future__ import annotations
@@ -707,63 +710,83 @@ Effect = Callable[[Ctx], list[Action]]
 
 @dataclasses.dataclass(frozen=True)
 class Transition:
-    """One row of the lifecycle table."""
+    """One row of the lifecycle table: from ``sources``, when ``guard``, do ``effect``.
+
+    ``targets`` are the phases the effect may write (empty: it never writes a phase).
+    """
 
     name: str
     sources: frozenset[str]
-    target: str | None
+    targets: frozenset[str]
     guard: Guard
     effect: Effect
 
 
 def _t(
-    name: str, sources: frozenset[str], target: str | None, guard: Guard, effect: Effect
+    name: str, sources: frozenset[str], targets: frozenset[str], guard: Guard, effect: Effect
 ) -> Transition:
-    return Transition(name, sources, target, guard, effect)
+    return Transition(name, sources, targets, guard, effect)
+
+
+ACTS_ONLY: frozenset[str] = frozenset()
+"""``targets`` of a row that never moves the phase."""
+
+
+def _to(*phases: str) -> frozenset[str]:
+    return frozenset(phases)
 
 
 TRANSITIONS: tuple[Transition, ...] = (
     # Finished Executions: only the TTL matters.
-    _t("ttl-expired", TERMINAL, None, _ttl_expired, _expire),
-    _t("ttl-wait", TERMINAL, None, lambda c: c.ttl is not None, _wait_ttl),
+    _t("ttl-expired", TERMINAL, ACTS_ONLY, _ttl_expired, _expire),
+    _t("ttl-wait", TERMINAL, ACTS_ONLY, lambda c: c.ttl is not None, _wait_ttl),
     # CONNECTION Executions run in Kumulus itself, not in a Pod: another executor owns them.
-    _t("connection-skip", LIVE, None, lambda c: c.type == "CONNECTION", lambda c: []),
+    _t("connection-skip", LIVE, ACTS_ONLY, lambda c: c.type == "CONNECTION", lambda c: []),
     # Cancellation.
     _t(
         "cancel-unstarted",
         UNSTARTED,
-        CANCELLED,
+        _to(CANCELLED),
         lambda c: c.desired == CANCELLED and (c.attempts == 0 or c.next_retry is not None),
         _cancel_unstarted,
     ),
     _t(
         "cancel-running",
         LIVE,
-        None,
+        ACTS_ONLY,
         lambda c: c.desired == CANCELLED and c.live_pod,
         _cancel_running,
     ),
-    _t("cancelled", LIVE, CANCELLED, lambda c: c.desired == CANCELLED, _cancelled),
+    # A cancel that lost the race with the end of the flow (its Pod exited 0 before the
+    # SIGTERM took effect) ends Succeeded: the work was done and its outputs stand. Cancelled is
+    # final once written; an attempt that already succeeded is not rewritten as cancelled.
+    _t(
+        "cancelled",
+        LIVE,
+        _to(CANCELLED, SUCCEEDED),
+        lambda c: c.desired == CANCELLED,
+        _cancelled,
+    ),
     # An attempt ended (or was lost).
     _t(
         "retry-scheduled",
         LIVE,
-        PENDING,
+        _to(PENDING),
         lambda c: c.failure is not None and c.failure.retryable and c.retries_left,
         _retry_scheduled,
     ),
-    _t("failed", LIVE, FAILED, lambda c: c.failure is not None, _failed),
+    _t("failed", LIVE, _to(FAILED), lambda c: c.failure is not None, _failed),
     _t(
         "succeeded",
         LIVE,
-        SUCCEEDED,
+        _to(SUCCEEDED),
         lambda c: c.outcome is not None and c.outcome.phase == SUCCEEDED,
         _succeeded,
     ),
     _t(
         "ended-cancelled",
         LIVE,
-        CANCELLED,
+        _to(CANCELLED),
         lambda c: c.outcome is not None and c.outcome.phase == CANCELLED,
         _ended_cancelled,
     ),
@@ -771,58 +794,59 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(
         "retry-wait",
         frozenset({PENDING}),
-        None,
+        ACTS_ONLY,
         lambda c: c.next_retry is not None and not c.retry_due,
         _retry_wait,
     ),
     _t(
         "invalid-inputs",
         UNSTARTED,
-        FAILED,
+        _to(FAILED),
         lambda c: c.wants_start and c.input_error is not None,
         _invalid_inputs,
     ),
     _t(
         "flow-wait",
         UNSTARTED,
-        PENDING,
+        _to(PENDING),
         lambda c: c.wants_start and c.type == "FLOW" and c.flow is None and c.flow_wait_left > 0,
         _flow_wait,
     ),
     _t(
         "flow-not-found",
         UNSTARTED,
-        FAILED,
+        _to(FAILED),
         lambda c: c.wants_start and c.type == "FLOW" and c.flow is None,
         _flow_not_found,
     ),
     _t(
         "flow-not-ready",
         UNSTARTED,
-        FAILED,
+        _to(FAILED),
         lambda c: c.wants_start and c.attempts == 0 and c.flow_not_ready is not None,
         _flow_not_ready,
     ),
-    _t("start", UNSTARTED, PENDING, lambda c: c.wants_start, _start),
+    _t("start", UNSTARTED, _to(PENDING), lambda c: c.wants_start, _start),
     _t(
         "hold",
         UNSTARTED,
-        PENDING,
+        _to(PENDING),
         lambda c: c.attempts == 0 and _hold_changed(c),
         _hold,
     ),
-    # The attempt Pod is alive.
+    # The attempt Pod is alive; the runner's report says whether it runs, waits on children or
+    # is paused.
     _t(
         "pod-pending",
         frozenset({PENDING}),
-        None,
+        ACTS_ONLY,
         lambda c: c.live_pod and c.pod is not None and c.pod.phase == "Pending",
         _pod_pending,
     ),
     _t(
         "pod-running",
         LIVE,
-        RUNNING,
+        _to(RUNNING, WAITING, PAUSED),
         lambda c: (
             c.live_pod
             and c.pod is not None
@@ -832,7 +856,38 @@ TRANSITIONS: tuple[Transition, ...] = (
         _to_running,
     ),
 )
-"""The lifecycle, tried in order. ``target`` documents the phase a row moves to."""
+"""The lifecycle, tried in order. A row's ``targets`` are the only phases it may write."""
+
+
+class IllegalTransition(Exception):
+    """A decision would write a phase its row of the table does not list (a bug to fix)."""
+
+
+def written_phases(actions: Sequence[Action]) -> frozenset[str]:
+    """The phases ``actions`` write (``status.phase`` of their status patches)."""
+    return frozenset(
+        str(a.patch["phase"]) for a in actions if isinstance(a, PatchStatus) and "phase" in a.patch
+    )
+
+
+def check_transition(phase: str, transition: Transition | None, actions: Sequence[Action]) -> None:
+    """Raise :class:`IllegalTransition` unless ``actions`` write only phases ``transition`` lists.
+
+    ``phase`` is the Execution's phase when it was decided; no transition writes nothing.
+    """
+    allowed = transition.targets if transition is not None else ACTS_ONLY
+    unlisted = written_phases(actions) - allowed
+    if not unlisted:
+        return
+    move = f"from {phase or 'new'!r} to {', '.join(sorted(unlisted))}"
+    if transition is None:
+        raise IllegalTransition(
+            f"No row of the lifecycle table fired, yet a decision moves {move}."
+        )
+    listed = ", ".join(sorted(allowed)) or "no phase"
+    raise IllegalTransition(
+        f"Row {transition.name!r} of the lifecycle table moves {move}, but lists only {listed}."
+    )
 
 
 def select(ctx: Ctx) -> Transition | None:
@@ -864,11 +919,14 @@ def decide(
 
     ``pod`` is the Pod of the current attempt (``status.podName``), ``None`` if there is none
     (the caller must have confirmed a missing Pod with the API server, not only a cache).
-    ``flow`` is the referenced Flow (``None`` if missing or not a FLOW).
+    ``flow`` is the referenced Flow (``None`` if missing or not a FLOW). Raises
+    :class:`IllegalTransition` (and asks for nothing) if the rule that fired would write a phase
+    the table does not list for it.
     """
     ctx = Ctx(execution, pod, children, flow, now, settings or Settings())
     transition = select(ctx)
     actions = transition.effect(ctx) if transition is not None else []
+    check_transition(ctx.phase, transition, actions)
     summary = children_summary(children)
     if children and summary != list(ctx.status.get("children") or []):
         for i, action in enumerate(actions):

@@ -383,7 +383,13 @@ class Engine:
         if pod is not None and not pod.finished:
             self.requeue(key, self.settings.pod_resync_seconds)  # see _current_pod
         now = datetime.now(UTC)
-        actions = lifecycle.decide(body, pod, children, now, flow=flow, settings=self.settings)
+        try:
+            actions = lifecycle.decide(body, pod, children, now, flow=flow, settings=self.settings)
+        except lifecycle.IllegalTransition as exc:
+            # A bug in a rule, not a passing API error: nothing is applied and no error retry is
+            # scheduled (the same inputs decide the same); the next event decides again.
+            log.error("Refused a transition of Execution %s/%s: %s", *key, exc)
+            return
         for action in actions:
             if not await self._apply(key, body, action):
                 break

@@ -107,7 +107,8 @@ def test_rest_calls_by_hand_succeed_and_fail_clearly(
     wait_phase: Callable[..., dict[str, Any]],
     namespace: str,
 ) -> None:
-    """Happy path with override merging, refused, timeout, unexpected status, basic auth."""
+    """Happy path with per-call inputs merged, a refused retarget, connection refused, timeout,
+    unexpected status, basic auth."""
     dead_port = free_port()
     apply(
         [
@@ -122,8 +123,9 @@ def test_rest_calls_by_hand_succeed_and_fail_clearly(
             call(
                 "override",
                 connection_name="api",
-                inputs={"url": f"{http.url}/per-call", "query": {"from": "call"}},
+                inputs={"path": "per-call", "query": {"from": "call"}},
             ),
+            call("retarget", connection_name="api", inputs={"url": f"{http.url}/elsewhere"}),
             call("refused", type_="REST", inputs={"url": f"http://{LOOPBACK}:{dead_port}/x"}),
             call(
                 "slow",
@@ -149,8 +151,16 @@ def test_rest_calls_by_hand_succeed_and_fail_clearly(
 
     override = wait_phase("override", namespace, TERMINAL)["status"]
     assert override["phase"] == "Succeeded", override
-    assert override["outputs"]["json"]["path"] == "/per-call"
+    assert override["outputs"]["json"]["path"] == "/stored/per-call"
     assert override["outputs"]["json"]["query"] == {"from": "call"}
+
+    # A call through a Connection cannot change where it goes (docs/connections.md).
+    retarget = wait_phase("retarget", namespace, TERMINAL)["status"]
+    assert retarget["phase"] == "Failed"
+    assert finished(retarget)["reason"] == "OverrideRefused"
+    assert "refused the per-call input url:" in retarget["statusMessage"]
+    assert "spec.allowedOverrides" in retarget["statusMessage"]
+    assert not [r for r in http.requests if r.path == "/elsewhere"]
 
     refused = wait_phase("refused", namespace, TERMINAL)["status"]
     assert refused["phase"] == "Failed"
@@ -341,7 +351,7 @@ FLOW = textwrap.dedent(
         stored = this.connect('api', path='/from-flow', query={'n': '1'})
         adhoc = this.task('REST', url=URL + '/task', method='PUT', json={'k': 'v'})
         typed = this.connect(connector_type='REST', url=URL + '/typed')
-        failing = this.connect('api', url=URL + '/status/500', wait=system.return_when.ALL_ENDED)
+        failing = this.connect('api', path='/status/500', wait=system.return_when.ALL_ENDED)
         later = this.connect('api', path='/later', run=False)
         created = later.get('status')
         later.run()

@@ -338,3 +338,12 @@ def test_connection_type_pattern() -> None:
     assert Connection.model_validate({"spec": {"type": "MY_PLUGIN2"}}).spec.type == "MY_PLUGIN2"
     with pytest.raises(ValidationError, match="should match pattern"):
         Connection.model_validate({"spec": {"type": "rest"}})
+
+
+def test_connection_allowed_overrides() -> None:
+    spec = {"type": "REST", "allowedOverrides": ["url", "headers.Authorization"]}
+    conn = Connection.model_validate({"spec": spec})
+    assert conn.spec.allowed_overrides == ["url", "headers.Authorization"]
+    assert Connection.model_validate({"spec": {"type": "REST"}}).spec.allowed_overrides is None
+    with pytest.raises(ValidationError, match="at least 1 character"):
+        Connection.model_validate({"spec": {"type": "REST", "allowedOverrides": [""]}})

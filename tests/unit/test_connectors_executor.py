@@ -3,7 +3,9 @@
 The Kubernetes API is replaced by a small fake with resourceVersions and conflicts; every
 write is echoed back to the executors as a watch event, as kopf would. Covered: the result
 and its scrubbing, the time limit, cancel, two executors racing for one call (exactly once),
-a restart, a graceful stop, the bounded queue, and the standalone entry point's detection.
+a restart, a graceful stop, the bounded queue, what a call through a Connection may change
+(``OverrideRefused``, ``spec.allowedOverrides``, ad-hoc calls), and the standalone entry
+point's detection.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import pytest
+from tests.local_servers import HttpServer, Seen
 
 from kumulus.connectors.base import CallContext, Connector
 from kumulus.domain import connection as rules
@@ -41,6 +44,13 @@ class FakeApi:
         self.executors: list[ce.ConnectionExecutor] = []
         self.writes: list[tuple[str, dict[str, Any]]] = []
         self.order = random.Random(7)
+        self.connection_spec: dict[str, Any] = {
+            "type": "FAKE",
+            "values": {"stored": "v"},
+            "secretRef": {"name": "s"},
+        }
+        self.secret_reads = 0
+        self.secret = {"password": SECRET}
 
     def add(self, body: dict[str, Any]) -> None:
         self.rv += 1
@@ -102,18 +112,20 @@ class FakeApi:
     async def get_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
         if name != "api":
             return None
-        return {
-            "metadata": {"name": "api", "namespace": NS},
-            "spec": {"type": "FAKE", "values": {"stored": "v"}, "secretRef": {"name": "s"}},
-        }
+        return {"metadata": {"name": "api", "namespace": NS}, "spec": self.connection_spec}
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        return {"password": base64.b64encode(SECRET.encode()).decode()}
+        self.secret_reads += 1
+        return {k: base64.b64encode(v.encode()).decode() for k, v in self.secret.items()}
 
 
 class FakeConnector(Connector):
     type: ClassVar[str] = "FAKE"
     secret_keys: ClassVar[frozenset[str]] = frozenset({"password"})
+    call_inputs: ClassVar[frozenset[str]] = frozenset({"mode", "headers"})
+    call_refused_fields: ClassVar[Mapping[str, frozenset[str]]] = {
+        "headers": frozenset({"authorization"})
+    }
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -333,6 +345,98 @@ async def test_missing_connection_fails_before_any_call(
     assert finished_reason(api, "c1") == "ConnectionNotFound"
     assert "executor" not in api.objects["c1"]["status"]  # never claimed
     await ex.shutdown(grace=0)
+
+
+async def test_a_call_through_a_connection_may_not_change_its_target(
+    api: FakeApi, connector: FakeConnector
+) -> None:
+    ex = executor(api)
+    api.add(call_body("c1", mode="echo", stored="http://attacker", password="guess"))
+    api.add(call_body("c2", headers={"Accept": "text/plain", "AUTHORIZATION": "Bearer x"}))
+    await until(lambda: phase(api, "c1") == phase(api, "c2") == "Failed")
+    assert finished_reason(api, "c1") == finished_reason(api, "c2") == "OverrideRefused"
+    assert api.objects["c1"]["status"]["statusMessage"] == (
+        "Connection api refused the per-call inputs password, stored: a call through a FAKE "
+        "Connection may set only headers (without authorization), mode, timeout; where the "
+        "call goes and its credentials are the Connection's. To allow more, list the input "
+        "names in the Connection's spec.allowedOverrides."
+    )
+    assert "headers.AUTHORIZATION" in api.objects["c2"]["status"]["statusMessage"]
+    assert "guess" not in repr(api.writes) and "attacker" not in repr(api.writes)
+    # Refused before anything else: no Secret read, never claimed, never called.
+    assert api.secret_reads == 0
+    assert connector.calls == []
+    assert all("executor" not in api.objects[n]["status"] for n in ("c1", "c2"))
+    await ex.shutdown(grace=0)
+
+
+async def test_safe_inputs_and_timeout_pass_and_win_over_stored_values(
+    api: FakeApi, connector: FakeConnector
+) -> None:
+    ex = executor(api)
+    api.connection_spec["values"] = {"stored": "v", "mode": "raise"}
+    api.add(call_body("c1", mode="echo", headers={"Accept": "x"}, timeout=5))
+    await until(lambda: phase(api, "c1") == "Succeeded")
+    assert connector.calls == [
+        {"stored": "v", "mode": "echo", "headers": {"Accept": "x"}, "password": SECRET}
+    ]
+    await ex.shutdown(grace=0)
+
+
+async def test_allowed_overrides_widen_what_a_call_may_change(
+    api: FakeApi, connector: FakeConnector
+) -> None:
+    ex = executor(api)
+    api.connection_spec["allowedOverrides"] = ["stored", "headers.Authorization"]
+    api.add(call_body("c1", stored="per-call", headers={"authorization": "Bearer own"}))
+    api.add(call_body("c2", other="x"))
+    await until(lambda: phase(api, "c1") == "Succeeded" and phase(api, "c2") == "Failed")
+    assert api.objects["c1"]["status"]["outputs"] == {"echo": "got ***", "stored": "per-call"}
+    assert finished_reason(api, "c2") == "OverrideRefused"
+    assert "input other:" in api.objects["c2"]["status"]["statusMessage"]
+    await ex.shutdown(grace=0)
+
+
+async def test_ad_hoc_calls_take_every_input(api: FakeApi, connector: FakeConnector) -> None:
+    ex = executor(api)
+    body = call_body("c1", stored="ad-hoc", password="own-password", anything="goes")
+    body["spec"]["connection"] = {"type": "FAKE", "inputs": body["spec"]["connection"]["inputs"]}
+    api.add(body)
+    await until(lambda: phase(api, "c1") == "Succeeded")
+    assert connector.calls == [{"stored": "ad-hoc", "password": "own-password", "anything": "goes"}]
+    assert api.secret_reads == 0  # no Connection, no Secret
+    await ex.shutdown(grace=0)
+
+
+async def test_rest_through_a_connection_never_reaches_another_host(api: FakeApi) -> None:
+    """The real REST connector: retargets are refused, the attacker gets no request."""
+    legit, attacker = HttpServer().start(), HttpServer().start()
+    try:
+        api.connection_spec = {
+            "type": "REST",
+            "values": {"url": legit.url},
+            "secretRef": {"name": "s"},
+        }
+        api.secret = {"bearer_token": SECRET}
+        ex = executor(api)
+        api.add(call_body("url", url=f"{attacker.url}/steal"))
+        api.add(call_body("proxy", proxy=attacker.url, path="/x"))
+        api.add(call_body("verify", verify=False, path="/x"))
+        api.add(call_body("legit", path="/legit", method="POST", json={"k": 1}))
+        names = ("url", "proxy", "verify", "legit")
+        await until(lambda: all(phase(api, n) in rules.TERMINAL for n in names))
+        for name in ("url", "proxy", "verify"):
+            assert finished_reason(api, name) == "OverrideRefused"
+            message = api.objects[name]["status"]["statusMessage"]
+            assert f"refused the per-call input {name}:" in message
+        assert phase(api, "legit") == "Succeeded"
+        assert api.objects["legit"]["status"]["outputs"]["json"]["authorization"] == "Bearer ***"
+        assert legit.requests == [Seen("POST", "/legit", "", f"Bearer {SECRET}")]
+        assert attacker.requests == []
+        await ex.shutdown(grace=0)
+    finally:
+        legit.stop()
+        attacker.stop()
 
 
 def test_standalone_entry_point_detection() -> None:

@@ -127,11 +127,20 @@ def test_redact_text_and_json() -> None:
     assert rules.redact_json(value, texts) == {"a": ["x ***", {"***": 1}], "n": 5, "b": None}
 
 
+def test_a_secret_echoed_back_reversed_is_scrubbed() -> None:
+    texts = rules.secret_texts({"bearer_token": "tok-4f2a9c"}, {"password": "pw-77x"}, ["password"])
+    echoed = "got c9a2f4-kot and x77-wp back"
+    assert rules.redact(echoed, texts) == "got *** and *** back"
+    # The documented limit: a split secret is not found (the pinned target is the control).
+    assert rules.redact("tok-4f2 a9c", texts) == "tok-4f2 a9c"
+
+
 def test_multiline_secret_lines_are_scrubbed_one_by_one() -> None:
     key = "-----BEGIN KEY-----\nAAAABBBBCCCCDDDDEEEE\nFFFFGGGGHHHHIIIIJJJJ\n-----END KEY-----"
     texts = rules.secret_texts({"key": key})
     assert "FFFFGGGGHHHHIIIIJJJJ" in texts
     assert rules.redact("bad line FFFFGGGGHHHHIIIIJJJJ", texts) == "bad line ***"
+    assert rules.redact("reversed JJJJIIIIHHHHGGGGFFFF", texts) == "reversed ***"
 
 
 def test_check_outputs() -> None:

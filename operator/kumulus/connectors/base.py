@@ -6,6 +6,10 @@ flow Pods. The executor does everything that is the same for every connector typ
 ``Connector`` does only the call. The contract, in one place:
 
 What the executor does (connectors must not repeat it):
+  * refuses, for a call through a stored Connection, every per-call input the connector
+    does not list in ``call_inputs`` (nor the Connection in ``spec.allowedOverrides``):
+    reason ``OverrideRefused``, before the Secret is read (the rule is
+    ``kumulus.domain.connection.refused_overrides``). Ad-hoc calls take every input;
   * merges the inputs: the Connection's ``spec.values``, then the keys of its
     ``spec.secretRef`` Secret (decoded to ``str``), then the Execution's per-call
     ``spec.connection.inputs`` (later wins);
@@ -26,6 +30,11 @@ What a connector does:
   * ``type``: the upper-case type name (``REST``); ``secret_keys``: the input keys whose
     values are secrets (``password``, ``token``...), scrubbed even when given per call;
     optionally ``derived_secrets(inputs)``: forms the call builds from secrets (scrubbed too);
+  * ``call_inputs``: the input keys a call through a stored Connection may set, i.e. what the
+    call is about (a path, a query, a message), never where it goes or who it is (host, port,
+    URL, proxy, TLS verification, credentials); ``call_refused_fields``: fields a call may
+    not set inside one of those object inputs (REST: the authentication headers). The
+    default is none: a plugin that declares nothing keeps every stored value;
   * ``validate(values, partial=...)``: a static check without I/O returning human messages.
     ``partial=True`` is used for a Connection's stored values (Ready condition): flag wrong
     types and bad values, but not missing keys a call may still supply. ``partial=False``
@@ -167,6 +176,19 @@ class Connector(ABC):
     """The type name, e.g. ``REST``; matches ``TYPE_PATTERN``."""
     secret_keys: ClassVar[frozenset[str]] = frozenset()
     """Input keys whose values are secrets: scrubbed from messages and outputs."""
+    call_inputs: ClassVar[frozenset[str]] = frozenset()
+    """Input keys a call through a stored Connection may set (``this.connect('name', ...)``).
+
+    Only what the call is about: never the target (scheme, host, port, URL, base path,
+    proxy), TLS verification or a credential, so flow code cannot send the Connection's
+    Secret somewhere else. Any other key given per call fails the call (``OverrideRefused``)
+    unless the Connection lists it in ``spec.allowedOverrides``; ``timeout`` is always
+    allowed. Ad-hoc calls (no Connection, so no stored credentials) take every input."""
+    call_refused_fields: ClassVar[Mapping[str, frozenset[str]]] = {}
+    """For object inputs in ``call_inputs``: the fields (lower case, compared
+    case-insensitively) a call may not set in them, e.g. ``{"headers":
+    frozenset({"authorization"})}``. Such an input given per call must be an object (or a
+    JSON object string); anything else is refused, since its fields cannot be checked."""
 
     def validate(self, values: Mapping[str, Any], *, partial: bool = False) -> list[str]:
         """Return problems with ``values`` as human messages (no I/O, no secret in them).

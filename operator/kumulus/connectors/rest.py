@@ -5,7 +5,8 @@ Inputs (all optional unless said; a Connection's values, its Secret and the call
 ==========================  ==========================================================
 ``url``                     the full URL; or the parts ``scheme`` (default ``https``),
                             ``host``, ``port``, ``base_path`` (one of both is required)
-``path``                    appended to ``url`` or to ``base_path``
+``path``                    appended to ``url`` or to ``base_path`` (no ``.``/``..``
+                            segments, so it stays under the stored path)
 ``method``                  GET (default), POST, PUT, PATCH, DELETE, HEAD, OPTIONS
 ``query`` / ``params``      query parameters: a dict (list values repeat) or a string
 ``headers``, ``cookies``    dicts (``headers`` may also be a JSON object string, so a
@@ -22,6 +23,9 @@ Inputs (all optional unless said; a Connection's values, its Secret and the call
 ``proxy``                   an HTTP(S) proxy URL (environment proxy variables are not used)
 ``timeout``                 seconds for the whole call (taken by the executor; default 30)
 ==========================  ==========================================================
+
+A call through a stored Connection may set only ``CALL_INPUTS`` (the request: path, query,
+body, method, headers but ``AUTH_HEADERS``, expected status); the rest is the Connection's.
 
 Outputs: ``status_code``, ``headers`` (a dict; repeated headers joined with ``", "``),
 ``json`` (the parsed body, ``None`` when it is not JSON), ``text``, ``encoding``.
@@ -56,6 +60,17 @@ __all__ = ["DEFAULT_EXPECTED", "METHODS", "RestConnector", "RestRequest", "build
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 DEFAULT_EXPECTED: tuple[int, ...] = (200, 201, 202, 204)
 BODY_KEYS = ("json", "text", "data")
+
+CALL_INPUTS = frozenset(
+    {"path", "method", "query", "params", "headers", *BODY_KEYS, "expected_status_code"}
+)
+"""What a call through a stored Connection may set: the request, not its target (``url``,
+``scheme``, ``host``, ``port``, ``base_path``, ``proxy``), its TLS check (``verify``), its
+redirect policy or its credentials (``username``, ``password``, ``bearer_token``, ``token``,
+``cookies``)."""
+AUTH_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "host"})
+"""Headers a call through a stored Connection may not set: who the request is (credentials,
+session cookies) and ``Host``, which picks the virtual host behind the stored address."""
 
 
 def _invalid(message: str) -> ConnectorError:
@@ -99,8 +114,20 @@ def _join(base: str, path: str) -> str:
     return base.rstrip("/") + "/" + path.lstrip("/")
 
 
+def _check_path(path: str) -> None:
+    """A ``path`` may not climb out of the base path with ``.``/``..`` segments (also when
+    percent-encoded, or with ``\\`` for ``/``, as some servers read them)."""
+    decoded = path.split("?", 1)[0].split("#", 1)[0]
+    for _ in range(3):
+        decoded = urllib.parse.unquote(decoded)
+    segments = decoded.replace("\\", "/").split("/")
+    if any(segment.strip() in (".", "..") for segment in segments):
+        raise _invalid("input 'path' must not contain '.' or '..' segments")
+
+
 def _url(inputs: Mapping[str, Any]) -> str:
     path = input_str(inputs, "path", None) or ""
+    _check_path(path)
     url = input_str(inputs, "url", None)
     if url:
         parts = urllib.parse.urlsplit(url)
@@ -308,6 +335,8 @@ class RestConnector(Connector):
 
     type: ClassVar[str] = "REST"
     secret_keys: ClassVar[frozenset[str]] = frozenset({"password", "bearer_token", "token"})
+    call_inputs: ClassVar[frozenset[str]] = CALL_INPUTS
+    call_refused_fields: ClassVar[Mapping[str, frozenset[str]]] = {"headers": AUTH_HEADERS}
 
     def __init__(self) -> None:
         self._transports: dict[tuple[bool, str | None], httpx.AsyncHTTPTransport] = {}

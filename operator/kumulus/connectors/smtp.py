@@ -18,6 +18,9 @@ Inputs:
 ``reply_to``           optional Reply-To header
 =====================  ================================================================
 
+A call through a stored Connection may set only the recipients, ``subject``, ``text``,
+``html`` and ``reply_to`` (``SmtpConnector.call_inputs``).
+
 Outputs: ``accepted`` (recipients the server took), ``rejected`` (recipient -> the server's
 answer, when only some were refused), ``message_id``, ``response`` (the server's final
 answer). A connection per call: SMTP sessions are short and servers limit them.
@@ -159,6 +162,11 @@ class SmtpConnector(Connector):
 
     type: ClassVar[str] = "SMTP"
     secret_keys: ClassVar[frozenset[str]] = frozenset({"password"})
+    call_inputs: ClassVar[frozenset[str]] = frozenset(
+        {"to", "cc", "bcc", "subject", "text", "html", "reply_to"}
+    )
+    """A call through a stored Connection writes the message (recipients, subject, body);
+    the server, its TLS settings, the login and the sender (``from``) are the Connection's."""
 
     def validate(self, values: Mapping[str, Any], *, partial: bool = False) -> list[str]:
         if not partial:

@@ -7,6 +7,9 @@ command status, e.g. ``INSERT 0 1``), with ``params`` (a list bound to ``$1``, `
 Optional ``ssl``: an asyncpg/libpq sslmode (``disable``, ``prefer``, ``require``,
 ``verify-ca``, ``verify-full``) or a boolean. Output: ``{"result": ...}``.
 
+A call through a stored Connection may set only the query (``fetch``...) and ``params``
+(``SqlpgConnector.call_inputs``).
+
 Values are made JSON-safe both ways (also documented in ``docs/connectors-sqlpg-ssh.md``):
 
 * results: ``Decimal`` (``numeric``) -> string (exact; ``float(...)`` it if you need a number),
@@ -346,6 +349,9 @@ class SqlpgConnector(Connector):
 
     type: ClassVar[str] = "SQLPG"
     secret_keys: ClassVar[frozenset[str]] = frozenset({"password"})
+    call_inputs: ClassVar[frozenset[str]] = frozenset({*QUERY_KEYS, "params"})
+    """A call through a stored Connection gives the query and its parameters; the server,
+    database, user, password and ``ssl`` are the Connection's."""
 
     def __init__(self) -> None:
         self._pools: OrderedDict[tuple[Any, ...], asyncpg.Pool] = OrderedDict()

@@ -12,6 +12,9 @@ is skipped only when ``hostkey_check: false`` is given explicitly; then ``hostke
 out and a warning is logged for every call. The operator's own ``~/.ssh`` (config, keys,
 agent, known_hosts) is never used.
 
+A call through a stored Connection may set only ``script``, ``check`` and ``script_timeout``
+(``SshConnector.call_inputs``).
+
 A non-zero exit status is a result, not a failure: the execution succeeds and the flow reads
 ``retcode`` (as Cloudomation's connector does). ``check: true`` makes a non-zero exit status
 fail the execution (reason ``NonZeroExit``; the outputs are still written). ``stdout`` and
@@ -141,6 +144,9 @@ class SshConnector(Connector):
 
     type: ClassVar[str] = "SSH"
     secret_keys: ClassVar[frozenset[str]] = frozenset({"password", "key", "passphrase"})
+    call_inputs: ClassVar[frozenset[str]] = frozenset({"script", "check", "script_timeout"})
+    """A call through a stored Connection gives the script (and how to judge it); the host,
+    port, user, credentials and host key checks are the Connection's."""
 
     def validate(self, values: Mapping[str, Any], *, partial: bool = False) -> list[str]:
         problems: list[str] = []

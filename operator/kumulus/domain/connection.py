@@ -4,6 +4,10 @@ The connection executor (:mod:`kumulus.k8s.connection_executor`) and the Connect
 keeper (:mod:`kumulus.k8s.connections`) do I/O; every choice they make lives here so it can be
 unit-tested without a cluster:
 
+* which per-call inputs a call through a stored Connection may give at all: only those its
+  connector type declares safe (``Connector.call_inputs``: what the call is about, never where
+  it goes or with which credentials) plus the Connection's ``spec.allowedOverrides``, so flow
+  code cannot send the Connection's Secret anywhere else;
 * how a call's inputs are built: the Connection's ``spec.values``, then the keys of its Secret,
   then the Execution's ``spec.connection.inputs`` (top-level keys, later wins), with the
   ``timeout`` input taken out;
@@ -33,8 +37,10 @@ from kumulus.domain.lifecycle import format_duration, normalise_type, set_condit
 from kumulus.domain.timeutil import format_time, parse_time
 
 __all__ = [
+    "ALWAYS_CALL_INPUTS",
     "CLAIM_SLACK_SECONDS",
     "MIN_SECRET_LENGTH",
+    "OVERRIDE_REFUSED",
     "REDACTED",
     "TIMEOUT_GRACE_SECONDS",
     "CallView",
@@ -56,9 +62,11 @@ __all__ = [
     "instance_pid",
     "is_connection_execution",
     "merge_inputs",
+    "override_refused_message",
     "queued_patch",
     "redact",
     "redact_json",
+    "refused_overrides",
     "secret_texts",
     "status_after",
 ]
@@ -78,6 +86,12 @@ CLAIM_SLACK_SECONDS = 30.0
 execution with ``ExecutorLost``."""
 
 MAX_MESSAGE = 32000
+
+OVERRIDE_REFUSED = "OverrideRefused"
+"""The reason of a call through a stored Connection that gave an input it may not change."""
+
+ALWAYS_CALL_INPUTS: frozenset[str] = frozenset({"timeout"})
+"""Per-call inputs every call may give: the executor's own, not the connector's."""
 
 
 class InputError(ValueError):
@@ -111,6 +125,86 @@ def merge_inputs(
     merged.update(secret or {})
     merged.update(call_inputs or {})
     return merged
+
+
+def _object_fields(value: object) -> Mapping[str, Any] | None:
+    """An object input (or a JSON object string) as a mapping; ``None`` if it is neither."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, Mapping) else None
+
+
+def refused_overrides(
+    call_inputs: Mapping[str, Any] | None,
+    *,
+    allowed: Iterable[str],
+    refused_fields: Mapping[str, Iterable[str]] | None = None,
+    widened: Iterable[str] | None = None,
+) -> list[str]:
+    """The per-call inputs a call through a stored Connection may not give, sorted.
+
+    ``allowed``: the connector type's ``call_inputs`` (``timeout`` is always allowed);
+    ``refused_fields``: its ``call_refused_fields``, fields (case-insensitive) a call may not
+    set inside an allowed object input, reported as ``input.Field``; ``widened``: the
+    Connection's ``spec.allowedOverrides``, each an input name (then every field of it too)
+    or an ``input.Field`` name as reported here. The rule holds whatever the value (even one
+    equal to the stored value), so a refusal tells nothing about the stored values. Only for
+    calls through a Connection: ad-hoc calls have no stored values and take every input.
+    """
+    permitted = set(allowed) | ALWAYS_CALL_INPUTS
+    fields_of = {key: {f.lower() for f in names} for key, names in (refused_fields or {}).items()}
+    wide_keys: set[str] = set()
+    wide_fields: set[tuple[str, str]] = set()
+    for entry in widened or ():
+        wide_keys.add(str(entry))
+        key, dot, field_name = str(entry).partition(".")
+        if dot and field_name:
+            wide_fields.add((key, field_name.strip().lower()))
+    refused: list[str] = []
+    for key, value in (call_inputs or {}).items():
+        if key in wide_keys:
+            continue
+        if key not in permitted:
+            refused.append(key)
+            continue
+        fields = fields_of.get(key)
+        if not fields or value is None:
+            continue
+        given = _object_fields(value)
+        if given is None:
+            refused.append(key)  # not an object: its fields cannot be checked
+            continue
+        for name in given:
+            lowered = str(name).strip().lower()
+            if lowered in fields and (key, lowered) not in wide_fields:
+                refused.append(f"{key}.{name}")
+    return sorted(refused)
+
+
+def override_refused_message(
+    connection: str,
+    type_: str,
+    refused: Sequence[str],
+    allowed: Iterable[str],
+    refused_fields: Mapping[str, Iterable[str]] | None = None,
+) -> str:
+    """The error of a call that gave inputs its Connection keeps (names only, no values)."""
+    names = ", ".join(refused)
+    kept = refused_fields or {}
+    may = ", ".join(
+        f"{key} (without {', '.join(sorted(kept[key]))})" if kept.get(key) else key
+        for key in sorted(set(allowed) | ALWAYS_CALL_INPUTS)
+    )
+    plural = "inputs" if len(refused) > 1 else "input"
+    return (
+        f"Connection {connection} refused the per-call {plural} {names}: a call through a "
+        f"{type_} Connection may set only {may}; where the call goes and its credentials are "
+        "the Connection's. To allow more, list the input names in the Connection's "
+        "spec.allowedOverrides."
+    )
 
 
 def call_timeout(
@@ -149,7 +243,12 @@ def secret_texts(
 ) -> tuple[str, ...]:
     """Every string to scrub: each Secret value, each input named in ``secret_keys`` and each
     ``derived`` form (from ``Connector.derived_secrets``), with the forms it may take in a
-    message (URL-quoted, JSON-escaped). Longest first."""
+    message (URL-quoted, JSON-escaped) and reversed. Longest first.
+
+    This is a safety net, not the control: a server (or a script) that echoes a secret
+    split, interleaved, hashed or encoded otherwise (base64 of the bare token, hex...) is not
+    caught, and cannot be in general. What keeps a Secret from a flow is that a call through
+    a Connection cannot change where it goes (``refused_overrides``)."""
     raw: set[str] = set(derived)
     for value in (secret or {}).values():
         raw.add(value)
@@ -164,6 +263,7 @@ def secret_texts(
             urllib.parse.quote(value, safe=""),
             urllib.parse.quote_plus(value, safe=""),
             json.dumps(value)[1:-1],
+            value[::-1],
         ):
             if len(form) >= MIN_SECRET_LENGTH:
                 texts.add(form)
@@ -171,6 +271,7 @@ def secret_texts(
         for line in value.splitlines():
             if len(line.strip()) >= 16:
                 texts.add(line.strip())
+                texts.add(line.strip()[::-1])
     return tuple(sorted(texts, key=lambda t: (-len(t), t)))
 
 

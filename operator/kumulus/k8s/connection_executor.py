@@ -13,10 +13,13 @@ How a call runs (the rules are in :mod:`kumulus.domain.connection`):
    process had claimed.
 2. A queued call waits for one of ``connection_concurrency`` slots (``Pending`` with
    ``Started=False, reason=Queued`` while every slot is busy).
-3. With a slot, the Connection and its Secret are read, the inputs merged and validated, and
-   the call is *claimed*: phase ``Running``, ``startTime`` and ``status.executor`` (this
-   process and a deadline) in one status patch guarded by ``resourceVersion``. Only one
-   process can win that patch, so a call starts at most once.
+3. With a slot, the Connection is read; a call through it that gives an input its connector
+   type does not declare safe (``Connector.call_inputs``) nor the Connection allows
+   (``spec.allowedOverrides``) fails with ``OverrideRefused`` before the Secret is read. Then
+   the Secret is read, the inputs merged and validated, and the call is *claimed*: phase
+   ``Running``, ``startTime`` and ``status.executor`` (this process and a deadline) in one
+   status patch guarded by ``resourceVersion``. Only one process can win that patch, so a
+   call starts at most once.
 4. ``Connector.run`` runs as its own task: ``desiredState: Cancelled`` or deleting the
    Execution cancels it; the time limit (``timeout`` input, ``spec.timeoutSeconds`` or the
    setting) is enforced with a short grace period.
@@ -372,9 +375,12 @@ class ConnectionExecutor:
         return view
 
     async def _prepare(self, view: CallView) -> Prepared:
-        """Read the Connection and Secret, merge and validate the inputs (no writes)."""
+        """Read the Connection, check what the call may change, read the Secret, merge and
+        validate the inputs (no writes)."""
         values: Mapping[str, Any] = {}
         secret: dict[str, str] = {}
+        secret_name: object = None
+        widened: list[str] = []
         type_ = view.type
         if view.connection:
             conn = await connections.get_connection(view.namespace, view.connection)
@@ -392,27 +398,50 @@ class ConnectionExecutor:
                 )
             type_ = stored_type
             values = spec.get("values") or {}
+            widened = [str(name) for name in spec.get("allowedOverrides") or []]
             secret_name = (spec.get("secretRef") or {}).get("name")
-            if secret_name:
-                try:
-                    data = await secrets.read_secret_data(view.namespace, str(secret_name))
-                except secrets.SecretForbiddenError as err:
-                    raise CallFailed("SecretForbidden", str(err)) from None
-                if data is None:
-                    raise CallFailed(
-                        "SecretNotFound",
-                        f"Secret {secret_name} of Connection {view.connection} does not exist.",
-                    )
-                try:
-                    secret = rules.decode_secret(data)
-                except rules.InputError as err:
-                    raise CallFailed("SecretInvalid", str(err)) from None
         if not type_:
             raise CallFailed("InvalidInputs", "spec.connection needs a name or a type.")
         connector, problem = connections.load_type(type_)
         if connector is None:
             assert problem is not None
             raise CallFailed(*problem)
+        if view.connection:
+            # Before the Secret is read: a call may not change where it goes or who it is.
+            # TODO(issue 13): ad-hoc calls (no Connection) take every input and still run in
+            # this process, which holds cluster rights (SSRF); they belong in a process
+            # without them.
+            refused = rules.refused_overrides(
+                view.inputs,
+                allowed=connector.call_inputs,
+                refused_fields=connector.call_refused_fields,
+                widened=widened,
+            )
+            if refused:
+                raise CallFailed(
+                    rules.OVERRIDE_REFUSED,
+                    rules.override_refused_message(
+                        view.connection,
+                        type_,
+                        refused,
+                        connector.call_inputs,
+                        connector.call_refused_fields,
+                    ),
+                )
+        if secret_name:
+            try:
+                data = await secrets.read_secret_data(view.namespace, str(secret_name))
+            except secrets.SecretForbiddenError as err:
+                raise CallFailed("SecretForbidden", str(err)) from None
+            if data is None:
+                raise CallFailed(
+                    "SecretNotFound",
+                    f"Secret {secret_name} of Connection {view.connection} does not exist.",
+                )
+            try:
+                secret = rules.decode_secret(data)
+            except rules.InputError as err:
+                raise CallFailed("SecretInvalid", str(err)) from None
         merged = rules.merge_inputs(values, secret, view.inputs)
         try:
             derived = connector.derived_secrets(merged)

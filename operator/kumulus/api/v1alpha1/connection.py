@@ -7,7 +7,7 @@ flow's Pod.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -45,6 +45,19 @@ class ConnectionSpec(KumulusModel):
     secret_ref: SecretRef | None = Field(
         None,
         description="Secret whose keys are merged over values (passwords, tokens, keys).",
+    )
+    allowed_overrides: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+        None,
+        description=(
+            "Per-call inputs a call through this Connection may give besides the ones its "
+            "type allows (REST: path, query, body, method, headers but authentication ones; "
+            "SQLPG: the query and params; SSH: the script; SMTP: recipients, subject, body). "
+            "An input name (e.g. url), or input.Field for one field of an object input "
+            "(e.g. headers.Authorization). Any name may be listed, credentials and targets "
+            "too: listing url, host or proxy lets flow code send this Connection's Secret "
+            "wherever it likes."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set", "maxItems": 64},
     )
     description: str | None = Field(
         None, description="Human-readable description.", max_length=4096

@@ -31,43 +31,97 @@ def upcoming(expr: str, zone: str, after: datetime, count: int) -> list[datetime
 
 
 def test_five_fields_have_an_implicit_zero_second() -> None:
-    expr = parse("*/15 9-17 * * MON-FRI")
-    assert expr.seconds == (0,)
-    assert expr.minutes == (0, 15, 30, 45)
-    assert expr.hours == tuple(range(9, 18))
-    assert expr.weekdays == (1, 2, 3, 4, 5)
-    assert not expr.has_seconds
+    # 2024-06-07 is a Friday: 17:45 is the last run of the week, then Monday 09:00.
+    got = upcoming("*/15 9-17 * * MON-FRI", "UTC", utc(2024, 6, 7, 17, 40, 30), 3)
+    assert got == [utc(2024, 6, 7, 17, 45), utc(2024, 6, 10, 9, 0), utc(2024, 6, 10, 9, 15)]
+    assert not parse("*/15 9-17 * * MON-FRI").has_seconds
 
 
 def test_six_fields_put_seconds_first() -> None:
-    expr = parse("*/20 5 * * * *")
-    assert expr.has_seconds
-    assert expr.seconds == (0, 20, 40)
-    assert expr.minutes == (5,)
-    assert expr.hours == tuple(range(24))
+    # Second */20 of minute 5 of every hour (read seconds-last, it would be minute */20).
+    got = upcoming("*/20 5 * * * *", "UTC", utc(2024, 1, 1, 0, 5, 30), 3)
+    assert got == [utc(2024, 1, 1, 0, 5, 40), utc(2024, 1, 1, 1, 5), utc(2024, 1, 1, 1, 5, 20)]
+    assert parse("*/20 5 * * * *").has_seconds
 
 
 @pytest.mark.parametrize("macro", sorted(MACROS))
-def test_macros_equal_their_expansion(macro: str) -> None:
-    a, b = parse(macro), parse(MACROS[macro])
-    assert (a.seconds, a.minutes, a.hours, a.days, a.months, a.weekdays) == (
-        b.seconds,
-        b.minutes,
-        b.hours,
-        b.days,
-        b.months,
-        b.weekdays,
-    )
+def test_macros_equal_their_documented_expansion(macro: str) -> None:
+    start = utc(2024, 2, 27, 13, 7)
+    expected = upcoming(MACROS[macro], "UTC", start, 4)
+    assert len(expected) == 4
+    assert upcoming(macro, "UTC", start, 4) == expected
+    assert upcoming(macro.upper(), "UTC", start, 4) == expected
     assert parse(macro.upper()).source == macro.upper()
 
 
+def test_macros_run_at_midnight_or_on_the_hour() -> None:
+    start = utc(2024, 2, 27, 13, 7)
+    assert upcoming("@hourly", "UTC", start, 1) == [utc(2024, 2, 27, 14)]
+    assert upcoming("@daily", "UTC", start, 1) == [utc(2024, 2, 28)]
+    assert upcoming("@weekly", "UTC", start, 1) == [utc(2024, 3, 3)]  # a Sunday
+    assert upcoming("@monthly", "UTC", start, 1) == [utc(2024, 3, 1)]
+    assert upcoming("@yearly", "UTC", start, 1) == [utc(2025, 1, 1)]
+
+
+def days(expr: str, after: datetime, count: int) -> list[tuple[int, int]]:
+    return [(d.month, d.day) for d in upcoming(expr, "UTC", after, count)]
+
+
 def test_names_steps_ranges_and_sunday_as_seven() -> None:
-    expr = parse("0 0 1/10 jan,Jul-SEP 5-7")
-    assert expr.days == (1, 11, 21, 31)
-    assert expr.months == (1, 7, 8, 9)
-    assert expr.weekdays == (0, 5, 6)
-    assert parse("0 0 ? * 7").weekdays == (0,)
-    assert parse("0 0 * * SUN").weekdays == (0,)
+    # N/S is N-max/S: the 1st, 11th, 21st and 31st.
+    assert days("0 0 1/10 * *", utc(2024, 1, 1), 5) == [(1, 11), (1, 21), (1, 31), (2, 1), (2, 11)]
+    assert days("0 0 1 jan,Jul-SEP *", utc(2024, 1, 1), 4) == [(7, 1), (8, 1), (9, 1), (1, 1)]
+    # 2024-06-03 is a Monday; 5-7 is Friday to Sunday, 7 and SUN are Sunday, ? is *.
+    assert days("0 0 * * 5-7", utc(2024, 6, 3), 4) == [(6, 7), (6, 8), (6, 9), (6, 14)]
+    assert days("0 0 ? * 7", utc(2024, 6, 3), 2) == [(6, 9), (6, 16)]
+    assert days("0 0 * * SUN", utc(2024, 6, 3), 2) == [(6, 9), (6, 16)]
+
+
+def test_an_equal_range_is_one_value() -> None:
+    # croniter alone reads N-N as the whole field; a CronJob reads it as N.
+    assert upcoming("0 9-9 * * *", "UTC", utc(2024, 1, 1), 2) == [
+        utc(2024, 1, 1, 9),
+        utc(2024, 1, 2, 9),
+    ]
+    assert days("0 0 * * MON-MON", utc(2024, 6, 4), 2) == [(6, 10), (6, 17)]
+    assert upcoming("0 0 1 JUN-JUN/2 *", "UTC", utc(2024, 1, 1), 2) == [
+        utc(2024, 6, 1),
+        utc(2025, 6, 1),
+    ]
+
+
+def test_a_star_with_step_one_leaves_a_day_field_unrestricted() -> None:
+    # */1 and ?/1 are *: only the 13th counts (croniter alone would OR it with every day).
+    assert days("0 0 13 * */1", utc(2024, 6, 1), 2) == [(6, 13), (7, 13)]
+    assert days("0 0 13 * ?/1", utc(2024, 6, 1), 2) == [(6, 13), (7, 13)]
+    # ?/2 is */2 in a day field.
+    assert days("0 0 ?/2 * *", utc(2024, 6, 1), 3) == [(6, 3), (6, 5), (6, 7)]
+
+
+def test_a_list_with_a_star_is_a_star() -> None:
+    # 13,* is *: day-of-month is unrestricted, so only Fridays count (2024-06: 7, 14, 21).
+    assert days("0 0 13,* * FRI", utc(2024, 6, 1), 3) == [(6, 7), (6, 14), (6, 21)]
+    with pytest.raises(CronError, match="day-of-month field: 60 is out of range 1-31"):
+        parse("0 0 *,60 * *")
+
+
+def test_a_day_field_listing_every_day_still_ors_with_a_stepped_star() -> None:
+    # Both day fields are restricted, so every day matches (croniter alone would read 0-6 as *
+    # because the other field has a star, and run on the 1st, 11th, 21st and 31st only).
+    assert days("0 0 */10 * 0-6", utc(2024, 6, 1), 3) == [(6, 2), (6, 3), (6, 4)]
+    assert days("0 0 1-31 * */3", utc(2024, 6, 1), 3) == [(6, 2), (6, 3), (6, 4)]
+
+
+def test_a_day_of_week_step_reaches_sunday_as_seven() -> None:
+    # 5/2 is 5-7/2: Friday and Sunday (2024-06-03 is a Monday).
+    assert days("0 0 * * 5/2", utc(2024, 6, 3), 3) == [(6, 7), (6, 9), (6, 14)]
+    assert days("0 0 * * 3-7/2", utc(2024, 6, 3), 4) == [(6, 5), (6, 7), (6, 9), (6, 12)]
+
+
+def test_a_day_that_never_occurs_is_fine_when_day_of_week_is_or_ed() -> None:
+    # The 30th of February never comes, but Mondays of February do (2025: 3, 10, 17, 24).
+    got = upcoming("0 0 30 2 MON", "UTC", utc(2025, 1, 1), 5)
+    assert got == [utc(2025, 2, d) for d in (3, 10, 17, 24)] + [utc(2026, 2, 2)]
 
 
 @pytest.mark.parametrize(
@@ -83,9 +137,27 @@ def test_names_steps_ranges_and_sunday_as_seven() -> None:
         ("0 0 * * 8", "day-of-week field: 8 is out of range 0-7"),
         ("0 0 * FOO *", "month field: 'FOO' is not a value (a number or one of JAN"),
         ("5-1 * * * *", "minute field: range '5-1' is reversed"),
-        ("*/0 * * * *", "minute field: step 0"),
-        ("0 0 L * *", "L, W and # are not supported"),
-        ("0 0 * * 5#2", "L, W and # are not supported"),
+        ("60 * * * * *", "second field: 60 is out of range 0-59"),
+        ("0 60 * * * *", "minute field: 60 is out of range 0-59"),
+        ("5-61 * * * *", "minute field: 5-61 is out of range 0-59"),
+        ("1,2,61 * * * *", "minute field: 61 is out of range 0-59"),
+        ("0 0 * * FRI-MON", "day-of-week field: range 'FRI-MON' is reversed"),
+        ("*/0 * * * *", "minute field: '*/0' is not valid"),
+        ("0 0 * * 1-3/0", "day-of-week field: '1-3/0' is not valid"),
+        ("0 0 * * */0", "day-of-week field: '*/0' is not valid"),
+        ("0 0 ?/0 * *", "day-of-month field: '*/0' is not valid"),
+        ("0 0 * * 9/2", "day-of-week field: 9/2 is out of range 0-7"),
+        ("0 JAN * * *", "hour field: 'JAN' is not a value (a number)"),
+        (
+            "0 0 L * *",
+            "day-of-month field: 'L' is not a value (L, W, #, H and R are not supported)",
+        ),
+        ("0 0 l * *", "L, W, #, H and R are not supported"),
+        ("0 0 15W * *", "L, W, #, H and R are not supported"),
+        ("0 0 * * L5", "day-of-week field: 'L5' is not a value (L, W, #, H and R"),
+        ("0 0 * * 5#2", "day-of-week field: cannot parse '5#2' (L, W, #, H and R"),
+        ("H * * * *", "minute field: 'H' is not a value (L, W, #, H and R are not supported)"),
+        ("R R * * *", "minute field: 'R' is not a value (L, W, #, H and R are not supported)"),
         ("? * * * *", "'?' is only allowed in the day-of-month and day-of-week fields"),
         ("1,,2 * * * *", "minute field: cannot parse ''"),
         ("@reboot", "unknown macro; supported: @annually, @daily"),
@@ -177,6 +249,19 @@ def test_vienna_repeated_time_runs_once_at_its_first_occurrence() -> None:
     # 2024-10-27 03:00 CEST -> 02:00 CET (01:00Z): 02:30 happens at 00:30Z and at 01:30Z.
     got = upcoming("30 2 * * *", "Europe/Vienna", utc(2024, 10, 26, 2), 2)
     assert got == [utc(2024, 10, 27, 0, 30), utc(2024, 10, 28, 1, 30)]
+
+
+def test_an_hourly_skipped_time_runs_at_the_end_of_the_gap_too() -> None:
+    # croniter alone drops 02:30 here (the hour field is *); the documented rule runs it at 03:00.
+    got = upcoming("30 * * * *", "Europe/Vienna", utc(2024, 3, 30, 23, 45), 3)
+    assert got == [utc(2024, 3, 31, 0, 30), utc(2024, 3, 31, 1, 0), utc(2024, 3, 31, 1, 30)]
+
+
+def test_a_repeated_hour_runs_only_in_its_first_pass() -> None:
+    # croniter alone runs 02:00 and 02:30 in both passes; here they run once, at 00:00Z and
+    # 00:30Z (CEST), and the next run is 03:00 CET (02:00Z).
+    got = upcoming("0,30 * * * *", "Europe/Vienna", utc(2024, 10, 26, 23, 45), 3)
+    assert got == [utc(2024, 10, 27, 0, 0), utc(2024, 10, 27, 0, 30), utc(2024, 10, 27, 2, 0)]
 
 
 def test_searching_from_the_second_occurrence_skips_the_repeated_hour() -> None:

@@ -1,22 +1,39 @@
-"""Cron expressions and their instants in an IANA time zone, with explicit DST rules.
+"""Cron expressions and their instants in an IANA time zone: croniter, plus the rules it lacks.
 
-Kumulus parses cron itself (instead of using croniter) to control exactly what Schedule users
-rely on: the optional seconds field, the day-of-month/day-of-week rule of Kubernetes CronJob,
-clear error messages naming the bad field, and what happens to local times that a daylight
-saving transition skips or repeats.
+croniter (7.x) parses the expression and finds the next matching wall-clock time: the values,
+names, ranges, steps and ``?`` of each field, the macros, the seconds field
+(``second_at_beginning=True``), the day-of-month/day-of-week OR rule, and the check that rejects
+day/month combinations that never occur (``strict=True``). This module adds, as a thin layer,
+only the documented Schedule rules that croniter does not meet (docs/schedules.md, "How the
+parser is built"):
+
+1. **Errors name the field.** croniter's messages echo the expression but name no field
+   (``[61 * * * *] is not acceptable, out of range``); a field that croniter refuses is parsed
+   again alone, part by part, so the message says which field and which part is wrong.
+2. **Only the documented syntax.** croniter also accepts ``L``, ``W``, ``#``, ``H``, ``R`` and
+   a 7th (year) field; a per-part whitelist (``*``, ``?``, ``N``, ``N-M``, each with ``/S``, and
+   the names JAN-DEC, SUN-SAT) rejects them before croniter sees the expression.
+3. **Ranges, steps and the OR rule as documented.** croniter reads ``N-N`` as the whole field
+   and wraps a reversed range (``5-1`` = 5..59, 0, 1); here ``N-N`` is ``N`` and a reversed
+   range is an error. ``N/S`` is ``N-max/S`` with the documented maximum (day-of-week 7, so
+   ``5/2`` is Friday and Sunday; croniter stops at 6). ``*/1`` and ``?`` are ``*`` (``?/S`` is
+   ``*/S``), and a list with ``*`` in it is ``*``. croniter treats a day field that lists every
+   value (``0-6``) as ``*`` when the other day field contains a star (``*/3``), which drops the
+   OR rule, so a stepped star in a day field is handed to croniter spelt as a range
+   (``1-31/3``).
+4. **Daylight saving time.** croniter on aware datetimes drops a skipped time when the hour
+   field is ``*`` and runs a repeated time twice; the documented rules (below) differ. croniter
+   therefore iterates naive wall-clock times, and :meth:`CronSchedule.instant` maps each one to
+   its UTC instant.
+5. **Never-matching expressions.** croniter's ``strict`` check ignores the OR rule
+   (``0 0 30 2 MON`` matches every Monday of February), so it is applied only when day-of-week
+   is unrestricted.
 
 Syntax
     ``minute hour day-of-month month day-of-week`` (5 fields, as in a Kubernetes CronJob), or
     ``second minute hour day-of-month month day-of-week`` (6 fields: **seconds first**, like
     Quartz and robfig ``cron.WithSeconds``), or a macro: ``@yearly`` (= ``@annually``),
-    ``@monthly``, ``@weekly``, ``@daily`` (= ``@midnight``), ``@hourly``. Each field is a
-    comma-separated list of ``*``, ``N``, ``N-M``, with an optional step ``/S`` (``*/S``,
-    ``N-M/S``, ``N/S`` = ``N-max/S``). Months accept ``JAN``-``DEC``, days of week ``SUN``-``SAT``
-    and ``0``-``7`` (0 and 7 are Sunday); ``?`` equals ``*`` in the two day fields.
-
-Day of month and day of week
-    As in Kubernetes CronJob (robfig/cron): when both day fields are restricted, a day matches
-    if *either* matches; when one is ``*`` (or ``?``), only the other one counts.
+    ``@monthly``, ``@weekly``, ``@daily`` (= ``@midnight``), ``@hourly``.
 
 Daylight saving time (the expression is read in local wall-clock time)
     * A local time that does not exist (skipped when clocks go forward, e.g. 02:30 in
@@ -29,13 +46,14 @@ Daylight saving time (the expression is read in local wall-clock time)
 
 from __future__ import annotations
 
-import bisect
-import calendar
 import dataclasses
 import re
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+from croniter.croniter import DOW_ALPHAS, M_ALPHAS
 
 __all__ = [
     "MACROS",
@@ -56,17 +74,19 @@ MACROS: dict[str, str] = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-"""The supported macros and the 5-field expressions they stand for."""
+"""The supported macros and the 5-field expressions they stand for (croniter expands them)."""
 
-_MONTHS = {
-    name: i + 1
-    for i, name in enumerate(
-        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
-    )
-}
-_DAYS = {"SUN": 0, "MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6}
-_SEARCH_YEARS = 30
-"""How far ahead a next time is searched; satisfiable expressions match within 8 years."""
+_UNSUPPORTED = " (L, W, #, H and R are not supported)"
+_CRONITER_SPECIAL = re.compile(r"^[0-9]*[LWHR][0-9]*$")
+"""A token that croniter would read as one of its extensions (``L``, ``15W``, ``L5``, ``H``)."""
+_PART = re.compile(
+    r"^(?:(?P<star>[*?])|(?P<low>[A-Za-z0-9]+)(?:-(?P<high>[A-Za-z0-9]+))?)"
+    r"(?:/(?P<step>[0-9]+))?$"
+)
+_ECHO = re.compile(r"^\[[^\]]*\]\s*(is not acceptable)?[.,]?\s*")
+"""The start of a croniter message that repeats the expression."""
+_START = datetime(2000, 1, 1)
+"""Any start time for croniter's constructor: every search passes its own."""
 
 
 class CronError(ValueError):
@@ -82,155 +102,134 @@ class _Field:
     name: str
     low: int
     high: int
-    names: dict[str, int] | None = None
+    names: Mapping[str, int | str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_day(self) -> bool:
+        return self.name in ("day-of-month", "day-of-week")
 
 
 _SECOND = _Field("second", 0, 59)
 _MINUTE = _Field("minute", 0, 59)
 _HOUR = _Field("hour", 0, 23)
 _DOM = _Field("day-of-month", 1, 31)
-_MONTH = _Field("month", 1, 12, _MONTHS)
-_DOW = _Field("day-of-week", 0, 7, _DAYS)
+_MONTH = _Field("month", 1, 12, M_ALPHAS)
+_DOW = _Field("day-of-week", 0, 7, DOW_ALPHAS)
+_FIVE = (_MINUTE, _HOUR, _DOM, _MONTH, _DOW)
+_SIX = (_SECOND, *_FIVE)
 
 
 @dataclasses.dataclass(frozen=True)
 class CronExpr:
-    """A parsed cron expression: the allowed values of each field (sorted)."""
+    """A parsed cron expression and the croniter that searches its wall-clock times."""
 
     source: str
-    seconds: tuple[int, ...]
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: tuple[int, ...]
-    months: tuple[int, ...]
-    weekdays: tuple[int, ...]
-    """0 = Sunday ... 6 = Saturday."""
-    days_any: bool
-    weekdays_any: bool
+    """The expression as written (whitespace normalised)."""
+    expression: str
+    """What croniter reads: ``source`` after the rules of this module (a macro stays a macro)."""
     has_seconds: bool
-
-    def day_matches(self, year: int, month: int, day: int) -> bool:
-        """Whether the calendar day matches the day-of-month/day-of-week fields."""
-        weekday = (calendar.weekday(year, month, day) + 1) % 7
-        dom = day in self.days
-        dow = weekday in self.weekdays
-        if self.days_any or self.weekdays_any:
-            return dom and dow
-        return dom or dow
+    iterator: croniter = dataclasses.field(compare=False, repr=False)
+    """croniter keeps a current time, but every search here passes its own start, so calls do
+    not depend on each other (not thread-safe: Schedules are decided on one event loop)."""
 
     def next_local(self, after: datetime) -> datetime | None:
         """The first matching wall-clock time strictly after ``after`` (both naive)."""
-        if self.has_seconds:
-            t = after.replace(microsecond=0) + timedelta(seconds=1)
-        else:
-            t = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        limit = t.year + _SEARCH_YEARS
-        while t.year <= limit:
-            if t.month not in self.months:
-                month = _next_value(self.months, t.month)
-                t = datetime(t.year, month, 1) if month else datetime(t.year + 1, self.months[0], 1)
-                continue
-            if not self.day_matches(t.year, t.month, t.day):
-                t = datetime(t.year, t.month, t.day) + timedelta(days=1)
-                continue
-            if t.hour not in self.hours:
-                hour = _next_value(self.hours, t.hour)
-                if hour is None:
-                    t = datetime(t.year, t.month, t.day) + timedelta(days=1)
-                else:
-                    t = t.replace(hour=hour, minute=0, second=0)
-                continue
-            if t.minute not in self.minutes:
-                minute = _next_value(self.minutes, t.minute)
-                if minute is None:
-                    t = t.replace(minute=0, second=0) + timedelta(hours=1)
-                else:
-                    t = t.replace(minute=minute, second=0)
-                continue
-            if t.second not in self.seconds:
-                second = _next_value(self.seconds, t.second)
-                if second is None:
-                    t = t.replace(second=0) + timedelta(minutes=1)
-                else:
-                    t = t.replace(second=second)
-                continue
-            return t
-        return None
-
-
-def _next_value(values: tuple[int, ...], current: int) -> int | None:
-    """The smallest value greater than ``current``, or ``None``."""
-    index = bisect.bisect_right(values, current)
-    return values[index] if index < len(values) else None
+        try:
+            found = self.iterator.get_next(datetime, start_time=after)  # type: ignore[no-untyped-call]
+        except CroniterBadDateError:
+            return None
+        assert isinstance(found, datetime)
+        return found
 
 
 # --------------------------------------------------------------------------- parsing
 
-_PART = re.compile(r"^(?P<base>\*|\?|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)?)(?:/(?P<step>[0-9]+))?$")
 
-
-def _value(field: _Field, text: str, source: str) -> int:
-    if text.isdigit():
-        value = int(text)
-    elif field.names and text.upper() in field.names:
-        value = field.names[text.upper()]
+def _number(field: _Field, token: str, source: str) -> int:
+    """A range bound as a number (names by croniter's tables); the value range is croniter's."""
+    if token.isdigit():
+        return int(token)
+    value = field.names.get(token.lower())
+    if isinstance(value, int):
+        return value
+    if _CRONITER_SPECIAL.match(token.upper()):
+        hint = _UNSUPPORTED
+    elif field.names:
+        hint = f" (a number or one of {', '.join(n.upper() for n in field.names)})"
     else:
-        hint = ""
-        if field in (_DOM, _DOW) and any(c in text.upper() for c in "LW"):
-            hint = " (L, W and # are not supported)"
-        elif field.names is not None:
-            hint = f" (a number or one of {', '.join(field.names)})"
-        raise CronError(f"schedule {source!r}: {field.name} field: {text!r} is not a value{hint}")
-    if not field.low <= value <= field.high:
-        raise CronError(
-            f"schedule {source!r}: {field.name} field: {value} is out of range "
-            f"{field.low}-{field.high}"
-        )
-    return value
+        hint = " (a number)"
+    raise CronError(f"schedule {source!r}: {field.name} field: {token!r} is not a value{hint}")
 
 
-def _parse_field(field: _Field, text: str, source: str) -> tuple[tuple[int, ...], bool]:
-    """Allowed values of one field and whether it is unrestricted (``*`` or ``?``)."""
-    values: set[int] = set()
-    unrestricted = False
-    for part in text.split(","):
-        match = _PART.match(part)
-        if match is None:
-            special = ""
-            if any(c in part for c in "LW#"):
-                special = " (L, W and # are not supported)"
+def _part(field: _Field, part: str, source: str) -> str:
+    """One comma-separated part, checked against the documented syntax and rewritten for
+    croniter where its reading differs (rules 2 and 3 of the module docstring)."""
+    match = _PART.match(part)
+    if match is None:
+        hint = _UNSUPPORTED if "#" in part else ""
+        raise CronError(f"schedule {source!r}: {field.name} field: cannot parse {part!r}{hint}")
+    step = match["step"]
+    if match["star"] is not None:
+        if match["star"] == "?" and not field.is_day:
             raise CronError(
-                f"schedule {source!r}: {field.name} field: cannot parse {part!r}{special}"
+                f"schedule {source!r}: {field.name} field: '?' is only allowed in the "
+                "day-of-month and day-of-week fields"
             )
-        base, step_text = match.group("base"), match.group("step")
-        step = 1
-        if step_text is not None:
-            step = int(step_text)
-            if step == 0:
-                raise CronError(f"schedule {source!r}: {field.name} field: step 0 in {part!r}")
-        if base in ("*", "?"):
-            if base == "?" and field not in (_DOM, _DOW):
-                raise CronError(
-                    f"schedule {source!r}: {field.name} field: '?' is only allowed in the "
-                    "day-of-month and day-of-week fields"
-                )
-            low, high = field.low, field.high
-            if step == 1:
-                unrestricted = True
-        elif "-" in base:
-            first, last = base.split("-", 1)
-            low, high = _value(field, first, source), _value(field, last, source)
-            if low > high:
-                raise CronError(
-                    f"schedule {source!r}: {field.name} field: range {base!r} is reversed"
-                )
-        else:
-            low = _value(field, base, source)
-            high = field.high if step_text is not None else low
-        values.update(range(low, high + 1, step))
-    if field is _DOW:
-        values = {v % 7 for v in values}
-    return tuple(sorted(values)), unrestricted
+        if step is None or int(step) == 1:
+            return "*"
+        if field.is_day and int(step) > 1:
+            # The same values, spelt without a star: croniter reads a day field that lists
+            # every value as *, and so drops the OR rule, when the other day field has a star.
+            return f"{field.low}-{6 if field is _DOW else field.high}/{step}"
+        return f"*/{step}"
+    low = _number(field, match["low"], source)
+    if step is not None and int(step) == 0:
+        return part  # croniter reports step 0
+    if match["high"] is None:
+        if step is None or low > field.high:
+            return part  # a value out of range is croniter's to report
+        # N/S is N-max/S; spelt out so that day-of-week reaches 7 (Sunday) as documented
+        # (croniter's maximum is 6) and 59/S is 59.
+        high, part = field.high, f"{match['low']}-{field.high}/{step}"
+    else:
+        high = _number(field, match["high"], source)
+    if low > high:
+        raise CronError(f"schedule {source!r}: {field.name} field: range {part!r} is reversed")
+    if low == high:
+        return match["low"]
+    return part
+
+
+def _croniter_message(err: CroniterError, field: _Field, part: str) -> str:
+    detail = _detail(err)
+    if "out of range" in detail or "out of bands" in detail:
+        return f"{part} is out of range {field.low}-{field.high}"
+    return f"{part!r} is not valid ({detail})" if detail else f"{part!r} is not valid"
+
+
+def _check_field(fields: tuple[_Field, ...], index: int, text: str, source: str) -> None:
+    """Let croniter parse one field alone; on error, find the part and name the field."""
+
+    def refused(candidate: str) -> CroniterError | None:
+        probe = ["*"] * len(fields)
+        probe[index] = candidate
+        try:
+            croniter.expand(" ".join(probe), second_at_beginning=len(fields) == 6)
+        except CroniterError as err:
+            return err
+        return None
+
+    err = refused(text)
+    if err is None:
+        return
+    part, culprit = text, err
+    for candidate in text.split(","):
+        found = refused(candidate)
+        if found is not None:
+            part, culprit = candidate, found
+            break
+    message = _croniter_message(culprit, fields[index], part)
+    raise CronError(f"schedule {source!r}: {fields[index].name} field: {message}") from culprit
 
 
 def parse(text: str) -> CronExpr:
@@ -238,62 +237,64 @@ def parse(text: str) -> CronExpr:
     source = " ".join(str(text).split())
     if not source:
         raise CronError("schedule is empty")
-    upper = source.upper()
-    if upper.startswith(("TZ=", "CRON_TZ=")):
+    if source.upper().startswith(("TZ=", "CRON_TZ=")):
         raise CronError(
             f"schedule {source!r}: a TZ= or CRON_TZ= prefix is not supported; set spec.timeZone"
         )
-    expanded = source
     if source.startswith("@"):
-        macro = MACROS.get(source.lower())
-        if macro is None:
+        if source.lower() not in MACROS:
             raise CronError(
                 f"schedule {source!r}: unknown macro; supported: {', '.join(sorted(MACROS))}"
             )
-        expanded = macro
-    fields = expanded.split(" ")
-    if len(fields) == 5:
-        fields = ["0", *fields]
-        has_seconds = False
-    elif len(fields) == 6:
-        has_seconds = True
-    else:
-        extra = " (a year field is not supported)" if len(fields) == 7 else ""
+        return _build(source, source.lower(), has_seconds=False, check_days=False)
+    words = source.split(" ")
+    if len(words) not in (5, 6):
+        extra = " (a year field is not supported)" if len(words) == 7 else ""
         raise CronError(
             f"schedule {source!r}: expected 5 fields (minute hour day-of-month month "
-            f"day-of-week) or 6 fields (second first), got {len(fields)}{extra}"
+            f"day-of-week) or 6 fields (second first), got {len(words)}{extra}"
         )
-    parsed = [
-        _parse_field(field, part, source)
-        for field, part in zip((_SECOND, _MINUTE, _HOUR, _DOM, _MONTH, _DOW), fields, strict=True)
+    fields = _FIVE if len(words) == 5 else _SIX
+    parts = [
+        [_part(field, part, source) for part in word.split(",")]
+        for field, word in zip(fields, words, strict=True)
     ]
-    expr = CronExpr(
-        source=source,
-        seconds=parsed[0][0],
-        minutes=parsed[1][0],
-        hours=parsed[2][0],
-        days=parsed[3][0],
-        months=parsed[4][0],
-        weekdays=parsed[5][0],
-        days_any=parsed[3][1],
-        weekdays_any=parsed[5][1],
-        has_seconds=has_seconds,
-    )
-    _check_satisfiable(expr)
-    return expr
-
-
-def _check_satisfiable(expr: CronExpr) -> None:
-    """Reject expressions that never match, such as ``0 0 30 2 *``."""
-    if expr.days_any or not expr.weekdays_any:
-        return  # every day, or day-of-week alone / OR-ed with day-of-month: matches weekly
-    longest = {m: 29 if m == 2 else calendar.monthrange(2001, m)[1] for m in range(1, 13)}
-    if not any(day <= longest[month] for month in expr.months for day in expr.days):
-        raise CronError(
-            f"schedule {expr.source!r} never matches: no day-of-month in "
-            f"{','.join(map(str, expr.days))} exists in month(s) "
-            f"{','.join(map(str, expr.months))}"
+    for index, listed in enumerate(parts):
+        if "*" in listed and len(listed) > 1:  # a list with * in it is * (rule 3), but the
+            _check_field(fields, index, ",".join(listed), source)  # rest must be valid
+    normalised = ["*" if "*" in listed else ",".join(listed) for listed in parts]
+    try:
+        return _build(
+            source,
+            " ".join(normalised),
+            has_seconds=len(words) == 6,
+            # rule 5: only a day of month in given months can never occur, and only when
+            # day-of-week is unrestricted (a restricted one matches weekly under the OR rule)
+            check_days="*" not in (normalised[-3], normalised[-2]) and normalised[-1] == "*",
         )
+    except CronError:
+        for index, word in enumerate(normalised):  # rule 1: which field croniter refused
+            _check_field(fields, index, word, source)
+        raise
+
+
+def _build(source: str, expression: str, *, has_seconds: bool, check_days: bool) -> CronExpr:
+    try:
+        iterator = croniter(expression, _START, ret_type=datetime, second_at_beginning=has_seconds)
+    except CroniterError as err:
+        raise CronError(f"schedule {source!r}: {_detail(err) or 'invalid'}") from err
+    if check_days:
+        try:
+            croniter.expand(expression, second_at_beginning=has_seconds, strict=True)
+        except CroniterError as err:
+            raise CronError(f"schedule {source!r} never matches: {_detail(err)}") from err
+    return CronExpr(source, expression, has_seconds, iterator)
+
+
+def _detail(err: CroniterError) -> str:
+    """croniter's message without its echo of the expression and its own field numbers."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    return re.sub(r"\s*in field \d+", "", _ECHO.sub("", first)).strip()
 
 
 def load_zone(name: str) -> zoneinfo.ZoneInfo:
@@ -324,7 +325,7 @@ class CronSchedule:
         return cls(parse(schedule), load_zone(time_zone))
 
     def instant(self, local: datetime) -> datetime:
-        """The UTC instant a matching wall-clock time (naive) runs at (see module DST rules)."""
+        """The UTC instant a matching wall-clock time (naive) runs at (rule 4: DST)."""
         first = local.replace(tzinfo=self.zone, fold=0).astimezone(UTC)
         if first.astimezone(self.zone).replace(tzinfo=None) == local:
             return first  # exists; for a repeated time fold=0 is its first occurrence

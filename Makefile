@@ -31,6 +31,11 @@ venv: $(VENV) ## Create the virtualenv with the package and its test tools.
 binaries: ## Build the dev cluster's binaries into ~/.cache/kumulus/bin (only what is missing).
 	devcluster/build-binaries.sh
 
+.PHONY: images
+images: ## Build the runner, operator and pause images into ~/.cache/kumulus/images (only what changed).
+	devcluster/install-test-deps.sh --images
+	devcluster/build-images.sh
+
 .PHONY: cluster-up
 cluster-up: venv binaries ## Start the dev cluster in the background (reuses a running one).
 	$(PY) -m kumulus.devcluster up --state-dir $(STATE)
@@ -49,7 +54,7 @@ lint: venv ## ruff, mypy --strict, import-linter, hadolint.
 	.venv/bin/ruff format --check operator tests bench
 	.venv/bin/mypy
 	.venv/bin/lint-imports
-	.venv/bin/hadolint runner-image/Dockerfile images/operator/Dockerfile
+	.venv/bin/hadolint runner-image/Dockerfile images/operator/Dockerfile images/pause/Dockerfile
 
 .PHONY: unit
 unit: venv ## Unit tests only (no cluster).

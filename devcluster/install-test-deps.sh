@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Installs the system packages the connector tests start servers from: PostgreSQL (initdb,
-# pg_ctl, postgres) and OpenSSH's server (sshd), both from Debian.
+# Installs the Debian packages the tests need: the servers the connector tests start (PostgreSQL:
+# initdb, pg_ctl, postgres; OpenSSH's sshd), and what builds and runs the dev node's images
+# (buildah, mmdebstrap and a static C toolchain for devcluster/build-images.sh; containerd, runc,
+# the CNI plugins and iptables for the node).
+#
+#   devcluster/install-test-deps.sh            all of them (make test)
+#   devcluster/install-test-deps.sh --images   only the image and node packages (make images)
 #
 # Idempotent: does nothing when every package is installed; runs `apt-get update` only when one
 # is missing. The packages' own services are NOT started (a temporary policy-rc.d forbids it):
 # the tests start their own servers on 127.0.0.1 in temporary folders (tests/e2e/servers.py).
 set -euo pipefail
 
-PACKAGES=(postgresql openssh-server)
+SERVER_PACKAGES=(postgresql openssh-server)
+IMAGE_PACKAGES=(buildah mmdebstrap gcc libc6-dev containerd runc containernetworking-plugins iptables)
+case "${1:-}" in
+  "") PACKAGES=("${SERVER_PACKAGES[@]}" "${IMAGE_PACKAGES[@]}") ;;
+  --images) PACKAGES=("${IMAGE_PACKAGES[@]}") ;;
+  *) echo "usage: $0 [--images]" >&2; exit 2 ;;
+esac
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -34,7 +45,8 @@ else
 fi
 
 # Keep the packages from starting their system services (sshd on port 22, a PostgreSQL
-# cluster on 5432) while they install: exit code 101 means "action forbidden" to invoke-rc.d.
+# cluster on 5432, the system's containerd) while they install: exit code 101 means "action
+# forbidden" to invoke-rc.d.
 policy=/usr/sbin/policy-rc.d
 own_policy=0
 if [[ ! -e $policy ]]; then

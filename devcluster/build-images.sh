@@ -19,7 +19,8 @@
 # docker.io/library/debian:bookworm-slim is not in buildah's storage, make_base makes it with
 # mmdebstrap. Every build is `--pull-never --layers --network host`: RUN steps reach the Debian
 # mirror and PyPI through the host's network and resolv.conf (buildah sets up no network of its
-# own), and a source change rebuilds only the last layer of each Python image.
+# own), and a source change rebuilds only the last layer of each Python image. `--force-rm`
+# leaves no working container behind when a build fails.
 #
 #   devcluster/build-images.sh            build what is stale, print the manifest's path
 #   devcluster/build-images.sh --force    rebuild every archive (buildah's layer cache still applies)
@@ -135,7 +136,7 @@ if [[ -s $build_ca ]]; then secret_args=(--secret "id=build-ca,src=$build_ca"); 
 
 build_python_image() { # key ref dockerfile
   ensure_base
-  logged "$1" buildah bud --layers --pull-never --network host "${secret_args[@]}" \
+  logged "$1" buildah bud --layers --force-rm --pull-never --network host "${secret_args[@]}" \
     -f "$root/$3" -t "$2" "$root"
 }
 
@@ -145,7 +146,7 @@ build_pause_image() { # key ref
   tmp_dirs+=("$ctx")
   gcc -static -O2 -s -Wall -Wextra -Werror -o "$ctx/pause" "$root/images/pause/pause.c"
   cp "$root/images/pause/Dockerfile" "$ctx/Dockerfile"
-  logged "$1" buildah bud --layers --pull-never --network host -f "$ctx/Dockerfile" -t "$2" "$ctx"
+  logged "$1" buildah bud --layers --force-rm --pull-never --network host -f "$ctx/Dockerfile" -t "$2" "$ctx"
 }
 
 manifest_rows=()

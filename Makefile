@@ -37,7 +37,7 @@ images: ## Build the runner, operator and pause images into ~/.cache/kumulus/ima
 	devcluster/build-images.sh
 
 .PHONY: cluster-up
-cluster-up: venv binaries ## Start the dev cluster in the background (reuses a running one).
+cluster-up: venv binaries images ## Start the dev cluster (real node; images imported) in the background (reuses a running one).
 	$(PY) -m kumulus.devcluster up --state-dir $(STATE)
 
 .PHONY: cluster-down
@@ -61,7 +61,7 @@ unit: venv ## Unit tests only (no cluster).
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: venv binaries lint ## Everything CI runs: lint, then unit, integration and e2e tests on a fresh dev cluster.
+test: venv binaries images lint ## Everything CI runs: lint, then unit, integration and e2e tests on a fresh dev cluster.
 	devcluster/install-test-deps.sh
 	trap '$(PY) -m kumulus.devcluster down --state-dir $(TEST_STATE) || true' EXIT; \
 	$(PY) -m kumulus.devcluster up --state-dir $(TEST_STATE); \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the dev cluster's binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, helm) from the Go module proxy through the wrapper modules in
+# kube-scheduler, kube-proxy, kubelet, helm, coredns) from the Go module proxy through the wrapper modules in
 # devcluster/gomod/, into a cache outside the repo keyed by version. Builds only
 # what is missing, so a warm machine pays nothing.
 #
@@ -64,6 +64,7 @@ if [ "${1:-}" = --regen ]; then
   regen_kubernetes
   regen_simple etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
   regen_simple helm helm.sh/helm/v3 "$HELM_VERSION"
+  regen_simple coredns github.com/coredns/coredns "$COREDNS_VERSION"
 fi
 
 build() { # wrapper-dir out-dir binary package ldflags
@@ -81,8 +82,9 @@ k8s_dir=$cache/kubernetes-$KUBERNETES_VERSION
 minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
 k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 build etcd "$cache/etcd-$ETCD_VERSION" etcd go.etcd.io/etcd/server/v3 "-s -w"
-for b in kube-apiserver kube-controller-manager kube-scheduler; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet; do
   build kubernetes "$k8s_dir" "$b" "k8s.io/kubernetes/cmd/$b" "$k8s_ldflags"
 done
 build helm "$cache/helm-$HELM_VERSION" helm helm.sh/helm/v3/cmd/helm \
   "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build coredns "$cache/coredns-$COREDNS_VERSION" coredns github.com/coredns/coredns "-s -w"

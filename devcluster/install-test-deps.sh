@@ -13,7 +13,7 @@
 set -euo pipefail
 
 SERVER_PACKAGES=(postgresql openssh-server)
-IMAGE_PACKAGES=(buildah mmdebstrap gcc libc6-dev containerd runc containernetworking-plugins iptables)
+IMAGE_PACKAGES=(buildah mmdebstrap gcc libc6-dev containerd runc containernetworking-plugins iptables iproute2)
 case "${1:-}" in
   "") PACKAGES=("${SERVER_PACKAGES[@]}" "${IMAGE_PACKAGES[@]}") ;;
   --images) PACKAGES=("${IMAGE_PACKAGES[@]}") ;;

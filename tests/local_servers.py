@@ -1,4 +1,4 @@
-"""Real HTTP and SMTP servers on 127.0.0.1 for the REST and SMTP connector tests.
+"""Real HTTP and SMTP servers on this machine for the REST and SMTP connector tests.
 
 Both run on a background thread with their own event loop, so synchronous e2e tests and
 async unit tests can use them alike. The SMTP server is aiosmtpd (optionally requiring a
@@ -9,29 +9,49 @@ login, checked by an authenticator); the HTTP server is aiohttp with a few route
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 LOOPBACK = "127.0.0.1"
 
+
+def cluster_host() -> str:
+    """The address of this machine that the dev cluster's Pods reach: where its API server
+    listens (the host end of the node's veth), read from ``$KUBECONFIG``; loopback without one.
+
+    Servers the e2e tests start for connectors listen here, so a connection executor running
+    as a Pod (the Helm e2e) reaches them as well as the operator running on this machine.
+    """
+    path = os.environ.get("KUBECONFIG")
+    if not path or not os.path.isfile(path):
+        return LOOPBACK
+    config = yaml.safe_load(Path(path).read_text())
+    server = config["clusters"][0]["cluster"]["server"]
+    return urllib.parse.urlsplit(server).hostname or LOOPBACK
+
+
 # The SMTP server asks for a login without TLS on purpose (loopback only, test passwords).
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (nothing listens on it)."""
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free on ``host`` a moment ago (nothing listens on it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -142,9 +162,10 @@ class Seen:
 class HttpServer:
     """aiohttp on 127.0.0.1 in a background thread; ``url`` is its base URL."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
+    def __init__(self, host: str = LOOPBACK) -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self.requests: list[Seen] = []
         """Every request, in order."""
         self._loop = asyncio.new_event_loop()
@@ -178,7 +199,7 @@ class HttpServer:
         async def start() -> None:
             self._runner = web.AppRunner(self._app(), shutdown_timeout=0.5)
             await self._runner.setup()
-            await web.TCPSite(self._runner, LOOPBACK, self.port).start()
+            await web.TCPSite(self._runner, self.host, self.port).start()
 
         self._loop.run_until_complete(start())
         self._started.set()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.local_servers import HttpServer, Seen
+from tests.local_servers import HttpServer, Seen, cluster_host
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "03-connections"
 EXECUTION = "api-report-1"
@@ -24,8 +24,8 @@ API_TOKEN = "example-token-0b7e"
 
 @pytest.fixture(scope="module")
 def http() -> Iterator[HttpServer]:
-    """An aiohttp server on 127.0.0.1 that records every request (one per test module)."""
-    server = HttpServer().start()
+    """An aiohttp server that records every request (one per test module), where Pods reach it."""
+    server = HttpServer(cluster_host()).start()
     yield server
     server.stop()
 

@@ -1,11 +1,13 @@
-"""Real third-party servers for the connector tests, started by the test session on loopback.
+"""Real third-party servers for the connector tests, started by the test session on this machine.
 
 The SQLPG and SSH connectors are tested against the real thing, not mocks: a PostgreSQL
 cluster (``initdb`` + ``pg_ctl`` from the Debian package, found under
 ``/usr/lib/postgresql/*/bin``) and an OpenSSH server (``sshd -D`` with a generated
-configuration). Both live in a temporary folder, listen on 127.0.0.1 on a free port and are
-stopped at the end of the session. ``devcluster/install-test-deps.sh`` (run by ``make test``)
-installs the packages; a missing binary fails the fixture with a pointer to that script.
+configuration). Both live in a temporary folder, listen on a free port of the address the dev
+cluster's Pods reach this machine at (``cluster_host()``: the host end of the node's veth,
+which the operator on this machine reaches as well) and are stopped at the end of the session.
+``devcluster/install-test-deps.sh`` (run by ``make test``) installs the packages; a missing
+binary fails the fixture with a pointer to that script.
 
 PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` system user the
 package creates. sshd runs as root (it must, to switch users) with a configuration used only
@@ -31,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.local_servers import free_port
+from tests.local_servers import cluster_host, free_port
+
+from kumulus.devcluster.network import ALL_PODS
 
 INSTALL_HINT = "run devcluster/install-test-deps.sh (make test does)"
-LOOPBACK = "127.0.0.1"
+#: Where the servers listen: the address of this machine the dev cluster's Pods reach.
+HOST = cluster_host()
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
@@ -43,10 +48,10 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
             return
         time.sleep(0.1)
-    pytest.fail(f"{what} did not listen on {LOOPBACK}:{port}:\n{log.read_text(errors='replace')}")
+    pytest.fail(f"{what} did not listen on {HOST}:{port}:\n{log.read_text(errors='replace')}")
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -94,7 +99,7 @@ def _run_as(user: str | None) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL cluster on 127.0.0.1:<free port> for this test session."""
+    """A PostgreSQL cluster on HOST:<free port> for this test session."""
     initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
     # Not under pytest's basetemp: that is private to root (0700) and postgres runs as
     # its own user.
@@ -140,9 +145,13 @@ def _postgres(base: Path, initdb: str, pg_ctl: str) -> Iterator[PostgresServer]:
     pwfile.unlink()
     if init.returncode != 0:
         pytest.fail(f"initdb failed ({init.returncode}): {init.stderr}")
-    port = free_port()
+    # Clients connect over TCP from this machine (HOST) and from the dev cluster's Pods.
+    with (data / "pg_hba.conf").open("a") as hba:
+        for source in (f"{HOST}/32", str(ALL_PODS)):
+            hba.write(f"host all all {source} scram-sha-256\n")
+    port = free_port(HOST)
     options = (
-        f"-c listen_addresses={LOOPBACK} -c port={port} -c unix_socket_directories={sockets} "
+        f"-c listen_addresses={HOST} -c port={port} -c unix_socket_directories={sockets} "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
     )
     start = subprocess.run(
@@ -157,7 +166,7 @@ def _postgres(base: Path, initdb: str, pg_ctl: str) -> Iterator[PostgresServer]:
         server_log = log.read_text(errors="replace") if log.exists() else ""
         pytest.fail(f"pg_ctl start failed: {start.stderr}\n{server_log}")
     try:
-        yield PostgresServer(LOOPBACK, port, user, password, "postgres", sockets)
+        yield PostgresServer(HOST, port, user, password, "postgres", sockets)
     finally:
         subprocess.run(
             [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
@@ -207,7 +216,7 @@ def _keypair() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    """An OpenSSH server on 127.0.0.1:<free port> for this test session."""
+    """An OpenSSH server on HOST:<free port> for this test session."""
     sshd = "/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else shutil.which("sshd")
     if not sshd:
         pytest.fail(f"OpenSSH's sshd is missing: {INSTALL_HINT}")
@@ -224,12 +233,12 @@ def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     authorized = base / "authorized_keys"
     authorized.write_text(client_public + "\n")
     os.chmod(authorized, 0o600)
-    port = free_port()
+    port = free_port(HOST)
     config = base / "sshd_config"
     config.write_text(
         "\n".join(
             [
-                f"ListenAddress {LOOPBACK}",
+                f"ListenAddress {HOST}",
                 f"Port {port}",
                 f"HostKey {host_key}",
                 f"PidFile {base / 'sshd.pid'}",
@@ -262,7 +271,7 @@ def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     try:
         wait_listening(port, proc, "sshd", log)
         yield SshServer(
-            LOOPBACK,
+            HOST,
             port,
             pwd.getpwuid(os.geteuid()).pw_name,
             client_private,

@@ -171,9 +171,10 @@ def test_sqlpg_pool_is_discarded_when_the_connection_changes(pg: dict[str, Any])
 def test_sqlpg_refused_connection(pg: dict[str, Any]) -> None:
     from tests.local_servers import free_port
 
-    err = failure(SqlpgConnector(), {**pg, "port": free_port(), "fetchval": "SELECT 1"}, ctx(None))
+    port = free_port(pg["host"])
+    err = failure(SqlpgConnector(), {**pg, "port": port, "fetchval": "SELECT 1"}, ctx(None))
     assert err.reason == "ConnectionRefused"
-    assert "connection refused by 127.0.0.1:" in err.message
+    assert f"connection refused by {pg['host']}:{port}" in err.message
 
 
 def test_sqlpg_bad_credentials(pg: dict[str, Any]) -> None:

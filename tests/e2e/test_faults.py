@@ -1,4 +1,4 @@
-"""Faults lose nothing: a crashed operator, a crashed node agent, a restarted API server, a
+"""Faults lose nothing: a crashed operator, a crashed kubelet, a restarted API server, a
 parent deleted under its running children.
 
 These tests break the cluster on purpose, so the module runs on a dev cluster of its own
@@ -356,52 +356,39 @@ def test_operator_sigkilled_three_times_during_a_burst(
     )
 
 
-SLEEPY = (
-    "import os, time\n"
-    "def handler(system, this):\n"
-    "    if os.environ['KUMULUS_ATTEMPT'] == '1':\n"
-    "        time.sleep(60)\n"
-    "    return this.success('done')\n"
+SLEEPY_ONCE = (
+    "import time\ndef handler(system, this):\n    time.sleep(15)\n    return this.success('done')\n"
 )
 
 
-def test_node_agent_killed_and_restarted_while_executions_run(
+def test_kubelet_killed_and_restarted_while_executions_run(
     cluster: FaultCluster, ns: str, history: History
 ) -> None:
-    plain = [f"plain-{i}" for i in range(4)]
-    retried = [f"retried-{i}" for i in range(4)]
-    retry = {"limit": 1, "backoffSeconds": 1}
-    create_all(
-        cluster,
-        ns,
-        [execution(n, type="SCRIPT", script=SLEEPY) for n in plain]
-        + [execution(n, type="SCRIPT", script=SLEEPY, retry=retry) for n in retried],
-    )
-    names = plain + retried
+    """A crashed kubelet leaves its containers running (as on any node); nothing is lost.
+
+    The new kubelet finds the running containers through containerd and keeps reporting them,
+    so every Execution ends once, in its first attempt, with one Pod: the operator neither
+    fails an attempt whose Pod merely went unreported nor starts a second one.
+    """
+    names = [f"run-{i}" for i in range(8)]
+    create_all(cluster, ns, [execution(n, type="SCRIPT", script=SLEEPY_ONCE) for n in names])
     wait_until(
         lambda: all(history.phase(n) == "Running" for n in names), 180, "all Executions Running"
     )
-    cluster.launcher("stop-component", "node-agent", "--signal", "KILL")
+    cluster.launcher("stop-component", "kubelet", "--signal", "KILL")
     time.sleep(3)
-    cluster.launcher("start-component", "node-agent")
+    assert all(_runner_processes(ns, n) for n in names), "the containers died with the kubelet"
+    cluster.launcher("start-component", "kubelet")
     wait_until(lambda: history.finished(names) == len(names), 240, "every Execution to end")
     assert_ended_once(history, names)
     assert_one_pod_per_attempt(history, names)
-    for name in plain:
+    for name in names:
         status = history.last[name]["status"]
-        finished = next(c for c in status["conditions"] if c["type"] == "Finished")
-        assert status["phase"] == "Failed", (name, status)
-        assert finished["reason"] == "PodFailed", (name, finished)
-        assert "exit code 137" in status["statusMessage"], status["statusMessage"]
-    for name in retried:
-        status = history.last[name]["status"]
-        assert (status["phase"], status["attempts"]) == ("Succeeded", 2), (name, status)
-    # Nothing of the killed attempts still runs on the machine.
-    assert not [p for p in names if _runner_processes(ns, p, attempt=1)]
+        assert (status["phase"], status["attempts"]) == ("Succeeded", 1), (name, status)
 
 
 def _runner_processes(namespace: str, execution_name: str, attempt: int | None = None) -> list[int]:
-    """Local processes (the node agent runs Pods as processes) of an Execution's runner."""
+    """Processes of an Execution's runner containers, found by their environment in /proc."""
     wanted = {
         f"KUMULUS_NAMESPACE={namespace}".encode(),
         f"KUMULUS_EXECUTION={execution_name}".encode(),

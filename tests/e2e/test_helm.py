@@ -1,10 +1,13 @@
 """Kumulus installed by its Helm chart on the dev cluster: install, run, upgrade, uninstall.
 
-The node agent runs the chart's operator and webhook Pods as local processes, each with its
-own ServiceAccount token, so this exercises the chart's RBAC for real: the installation runs
-every example (01 to 06) with nothing but the chart's RBAC; example 03's connection calls run
-in the connection executor's own Deployment. Their ports are host ports on the dev node, so
-the test binds them to 127.0.0.1 on free ports.
+The chart's operator, webhook service and connection executor run as real Pods of the image
+``make images`` built (imported into the dev node's containerd), each with its own
+ServiceAccount token, so this exercises the chart's image and RBAC for real: the installation
+runs every example (01 to 06) with nothing but the chart's RBAC; example 03's connection calls
+run in the connection executor's own Deployment and reach the test's servers on the host end
+of the node's veth. The test reaches the Pods as anything on the cluster's network would: the
+operator's health and metrics at its Pod IP, the webhook service through its ClusterIP
+Service (this machine routes the slot's Pod and Service ranges into the node).
 
 The session ``operator`` fixture must not reconcile the same objects meanwhile:
 ``session_operator_stopped`` stops it for this test (if the session runs it) and restarts it
@@ -27,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.e2e import example_03
-from tests.local_servers import HttpServer, free_port
+from tests.local_servers import HttpServer
 
 from kumulus.devcluster.paths import bin_cache_dir, read_versions
 
@@ -66,7 +69,7 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=3) as r:  # only loopback
+        with urllib.request.urlopen(url, timeout=3) as r:  # only the dev cluster's addresses
             return bool(r.status == 200)
     except OSError:
         return False
@@ -128,18 +131,18 @@ def test_helm_install_run_upgrade_uninstall(
             )  # fmt: skip
             kubectl("label", crd, "--overwrite", "app.kubernetes.io/managed-by=Helm")
 
-    op_port, webhook_port, metrics_port = free_port(), free_port(), free_port()
+    chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+    op_port = chart_values["operator"]["liveness"]["port"]
+    metrics_port = chart_values["metrics"]["port"]
+    ce_port = chart_values["connectionExecutor"]["liveness"]["port"]
     values = [
-        "--set", "operator.liveness.host=127.0.0.1",
-        "--set", f"operator.liveness.port={op_port}",
-        "--set", "metrics.host=127.0.0.1",
-        "--set", f"metrics.port={metrics_port}",
-        "--set", f"metrics.connectionExecutorPort={free_port()}",
-        "--set", "webhook.host=127.0.0.1",
-        "--set", f"webhook.port={webhook_port}",
         "--set", f"webhook.secretNamespaces={{{namespace}}}",
         "--set", "operator.settings.podStartDeadlineSeconds=60",
     ]  # fmt: skip
+
+    def pod_url(pod: dict[str, Any], port: int, path: str) -> str:
+        return f"http://{pod['status']['podIP']}:{port}{path}"
+
     installed = False
     try:
         out = helm("install", RELEASE, str(CHART), *values, "--wait", "--timeout", "2m").stdout
@@ -158,19 +161,22 @@ def test_helm_install_run_upgrade_uninstall(
             lambda: running("operator", "KUMULUS_POD_START_DEADLINE_SECONDS", "60"),
         )
         assert op_pod["spec"]["serviceAccountName"] == f"{RELEASE}-kumulus-operator"
+        # A real container of the built image, running as the image's user and group.
+        (op_container,) = op_pod["status"]["containerStatuses"]
+        assert op_container["containerID"].startswith("containerd://"), op_container
+        assert op_container["imageID"], op_container
+        wait_until("the operator's /healthz", lambda: http_ok(pod_url(op_pod, op_port, "/healthz")))
         wait_until(
-            "the operator's /healthz", lambda: http_ok(f"http://127.0.0.1:{op_port}/healthz")
-        )
-        wait_until(
-            "the operator's /metrics",
-            lambda: http_ok(f"http://127.0.0.1:{metrics_port}/metrics"),
+            "the operator's /metrics", lambda: http_ok(pod_url(op_pod, metrics_port, "/metrics"))
         )
         # The webhook service answers 200 only once it listed Webhooks and Flows cluster-wide
-        # with its own ClusterRole.
-        wait_until(
-            "the webhook service's /healthz",
-            lambda: http_ok(f"http://127.0.0.1:{webhook_port}/healthz"),
-        )
+        # with its own ClusterRole; the test calls it through its Service, as a user would.
+        service = json.loads(
+            kubectl("get", "service", f"{RELEASE}-kumulus-webhook", "-n", namespace,
+                    "-o", "json").stdout
+        )  # fmt: skip
+        webhook = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+        wait_until("the webhook service's /healthz", lambda: http_ok(f"{webhook}/healthz"))
 
         # Examples 01 and 02 (a parent creating five children with the runner's RBAC from the
         # chart) through this installation.
@@ -210,17 +216,14 @@ def test_helm_install_run_upgrade_uninstall(
         # Example 05: a sync call through the chart's webhook service, which reads the
         # example's Secret through the RoleBinding that webhook.secretNamespaces made.
         kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "05-webhook"))
-        call = (
-            f"http://127.0.0.1:{webhook_port}/namespaces/{namespace}/webhooks/webhook-echo/call"
-            "?key=demo-key"
-        )
+        call = f"{webhook}/namespaces/{namespace}/webhooks/webhook-echo/call?key=demo-key"
 
         def webhook_answer() -> dict[str, Any] | None:
             request = urllib.request.Request(
                 call, data=b'{"name": "Ada"}', headers={"Content-Type": "application/json"}
             )
             try:
-                with urllib.request.urlopen(request, timeout=60) as r:  # only loopback
+                with urllib.request.urlopen(request, timeout=60) as r:  # the Service's ClusterIP
                     answer: dict[str, Any] = json.loads(r.read())
                     return answer if r.status == 200 else None
             except OSError:
@@ -242,13 +245,11 @@ def test_helm_install_run_upgrade_uninstall(
             "--set", "operator.settings.podStartDeadlineSeconds=75",
             "--wait", "--timeout", "2m",
         )  # fmt: skip
-        wait_until(
+        op_pod = wait_until(
             "the upgraded operator Pod",
             lambda: running("operator", "KUMULUS_POD_START_DEADLINE_SECONDS", "75"),
         )
-        wait_until(
-            "the operator's /healthz", lambda: http_ok(f"http://127.0.0.1:{op_port}/healthz")
-        )
+        wait_until("the operator's /healthz", lambda: http_ok(pod_url(op_pod, op_port, "/healthz")))
         second = yaml.safe_load((EXAMPLE / "execution.yaml").read_text())
         second["metadata"]["name"] = "hello-after-upgrade"
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(second))
@@ -259,12 +260,9 @@ def test_helm_install_run_upgrade_uninstall(
 
         # The connection executor moves out of the operator into a Deployment of its own,
         # running as its own ServiceAccount with the connection executor's ClusterRole.
-        ce_port = free_port()
         helm(
             "upgrade", RELEASE, str(CHART), "--reuse-values",
             "--set", "connectionExecutor.separate=true",
-            "--set", "connectionExecutor.liveness.host=127.0.0.1",
-            "--set", f"connectionExecutor.liveness.port={ce_port}",
         )  # fmt: skip
         wait_until(
             "the operator Pod without the connection executor",
@@ -277,7 +275,7 @@ def test_helm_install_run_upgrade_uninstall(
         assert ce_pod["spec"]["serviceAccountName"] == f"{RELEASE}-kumulus-connection-executor"
         wait_until(
             "the connection executor's /healthz",
-            lambda: http_ok(f"http://127.0.0.1:{ce_port}/healthz"),
+            lambda: http_ok(pod_url(ce_pod, ce_port, "/healthz")),
             timeout=60,
         )
 

@@ -1,7 +1,7 @@
 """Command line of the dev cluster launcher: ``python -m kumulus.devcluster up|down|status|env``.
 
 ``stop-component``, ``start-component`` and ``restart-component NAME`` act on one component of a
-running cluster (the fault tests crash the node agent and restart the API server with them).
+running cluster (the fault tests crash the kubelet and restart the API server with them).
 
 The entry point ``make cluster-up`` and friends call; the work happens in
 :mod:`kumulus.devcluster.launcher`.
@@ -22,7 +22,7 @@ from kumulus.devcluster.paths import DEFAULT_STATE_DIR
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kumulus.devcluster",
-        description="Run a real Kubernetes control plane and a node agent on 127.0.0.1.",
+        description="Run a real Kubernetes control plane and a real node (kubelet, containerd).",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

@@ -269,11 +269,31 @@ def demo(paths: DevPaths) -> int:
     print(f"phase:   {status.get('phase')}  (ended {took:.1f} s after kubectl create)")
     print(f"message: {status.get('message')}")
     print("outputs: " + json.dumps(status.get("outputs"), indent=2, sort_keys=True))
+    _print_container(paths, ns, status.get("podName"))
     if status.get("phase") != "Succeeded":
         print(f"statusMessage: {status.get('statusMessage')}")
         print(f"The demo failed; see {paths.operator_log}.")
         return 1
     return 0
+
+
+def _print_container(paths: DevPaths, namespace: str, pod_name: object) -> None:
+    """Where the flow ran: its Pod's container, image and the node's runtime."""
+    if not isinstance(pod_name, str):
+        return
+    got = kubectl(paths.kubeconfig, "get", "pod", pod_name, "-n", namespace, "-o", "json")
+    pod = json.loads(got.stdout)
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        print(f"ran in:  container {container.get('containerID')} of Pod {namespace}/{pod_name}")
+        print(f"image:   {container.get('image')} ({container.get('imageID')})")
+    node_name = (pod.get("spec") or {}).get("nodeName")
+    if node_name:
+        node = json.loads(kubectl(paths.kubeconfig, "get", "node", node_name, "-o", "json").stdout)
+        info = node["status"]["nodeInfo"]
+        print(
+            f"node:    {node_name}, kubelet {info['kubeletVersion']}, "
+            f"{info['containerRuntimeVersion']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

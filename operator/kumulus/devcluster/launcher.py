@@ -1,20 +1,24 @@
-"""Starts, checks and stops the embedded dev cluster: a real control plane on loopback.
+"""Starts, checks and stops the embedded dev cluster: a real control plane and a real node.
 
-This machine has no container engine, so kind or k3d cannot run. Instead the launcher
-runs the real upstream binaries (etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler, built from Go modules by ``devcluster/build-binaries.sh``) plus the
-process-based node agent, each as a detached process in its own session, all bound to
-127.0.0.1 on free ports. Everything a run needs (certificates, kubeconfigs, etcd data,
-logs, pids and ports in ``cluster.json``) lives in one state directory, so ``down`` can
-stop exactly what ``up`` started and ``up`` can reuse a healthy cluster.
+This machine has no container engine, so kind or k3d cannot run. Instead the launcher runs
+the real upstream binaries: etcd, kube-apiserver, kube-controller-manager and kube-scheduler
+(built from Go modules by ``devcluster/build-binaries.sh``) on this machine, and the node
+(containerd and runc from Debian, the kubelet and kube-proxy built like the control plane)
+inside the cluster's own network namespace (:mod:`kumulus.devcluster.network`,
+:mod:`kumulus.devcluster.node`). Every process is detached in its own session. Everything a
+run needs (certificates, kubeconfigs, etcd data, the node's files, logs, pids, ports and the
+network slot in ``cluster.json``) lives in one state directory, so ``down`` can stop exactly
+what ``up`` started and ``up`` can reuse a healthy cluster. The images the node runs are
+built by ``make images`` (:mod:`kumulus.devcluster.images`) and imported into its containerd.
 
 Dev-only trade-offs, on purpose:
 
 * etcd runs with ``--unsafe-no-fsync`` and plain HTTP on loopback: a power cut may lose
   the last writes, which is fine for a throwaway cluster and makes writes much faster
   on slow disks.
-* ``--endpoint-reconciler-type=none``: the ``kubernetes`` Service gets no Endpoints,
-  because Endpoints reject loopback addresses; nothing in the dev cluster needs them.
+* The API server listens on the host end of the node's veth (a documentation-range address
+  that exists only on this machine), not on every interface: Pods reach it through the
+  ``kubernetes`` Service (kube-proxy) like on any cluster, and nothing outside can.
 """
 
 from __future__ import annotations
@@ -28,21 +32,21 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kumulus.devcluster import pki
+from kumulus.devcluster import images, network, node, pki
+from kumulus.devcluster.network import NodeNetwork
+from kumulus.devcluster.node import NodeLayout
 from kumulus.devcluster.paths import (
     BUILD_LOG,
     BUILD_SCRIPT,
     LOOPBACK,
     NODE_NAME,
     SERVICE_ACCOUNT_ISSUER,
-    SERVICE_CLUSTER_IP_RANGE,
     Binaries,
     StateLayout,
     binaries,
@@ -52,10 +56,23 @@ from kumulus.devcluster.paths import (
 #: only ever delete a directory that carries it.
 MARKER = ".kumulus-devcluster"
 #: Components in start order; they are stopped in reverse order.
-ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
-#: Stop stages: the consumers first, so nothing reconnects to a dying apiserver.
+ORDER = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+    "coredns",
+)
+#: The components that run inside the node's network namespace.
+NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy", "coredns")
+#: Stop stages: the consumers first, so nothing reconnects to a dying apiserver. The Pods and
+#: containerd's shims are killed by :func:`kumulus.devcluster.node.cleanup` after these.
 STOP_STAGES = (
-    ("node-agent", "kube-scheduler", "kube-controller-manager"),
+    ("kubelet", "kube-proxy", "coredns", "kube-scheduler", "kube-controller-manager"),
+    ("containerd",),
     ("kube-apiserver",),
     ("etcd",),
 )
@@ -111,8 +128,13 @@ class ClusterRecord:
     apiserver_url: str
     kubernetes_version: str
     ports: dict[str, int]
+    slot: int
     components: dict[str, Component] = field(default_factory=dict)
     started_at: float = 0.0
+
+    @property
+    def network(self) -> NodeNetwork:
+        return NodeNetwork(self.slot)
 
     def save(self, path: Path) -> None:
         data = asdict(self)
@@ -127,13 +149,13 @@ class ClusterRecord:
         return cls(**data, components=comps)
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all sockets held open until every port is picked)."""
+def _free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """Distinct free ports on ``host`` (all sockets held open until every port is picked)."""
     with contextlib.ExitStack() as stack:
         ports = []
         for _ in range(count):
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
+            sock.bind((host, 0))
             ports.append(int(sock.getsockname()[1]))
         return ports
 
@@ -158,14 +180,8 @@ def _spawn(
     comp = Component(
         name=name, pid=proc.pid, start_ticks=ticks, port=port, log=str(log), argv=list(argv)
     )
-    print(f"Started {name} (pid {proc.pid}) on {LOOPBACK}:{port}.")
+    print(f"Started {name} (pid {proc.pid})" + (f" on port {port}." if port else "."))
     return comp, proc
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex((LOOPBACK, port)) == 0
 
 
 def _gone(pid: int) -> bool:
@@ -217,6 +233,8 @@ class Probe:
     """HTTPS requests to the control plane, authenticated as the cluster admin."""
 
     layout: StateLayout
+    #: Where the API server listens (the host end of the node's veth).
+    apiserver_host: str = LOOPBACK
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -225,8 +243,10 @@ class Probe:
         ctx.load_cert_chain(str(files.cert("admin")), str(files.key("admin")))
         return ctx
 
-    def get(self, port: int, path: str, timeout: float = 3.0) -> tuple[int, bytes]:
-        conn = http.client.HTTPSConnection(LOOPBACK, port, context=self.context, timeout=timeout)
+    def get(
+        self, port: int, path: str, timeout: float = 3.0, host: str = LOOPBACK
+    ) -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection(host, port, context=self.context, timeout=timeout)
         try:
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -234,16 +254,32 @@ class Probe:
         finally:
             conn.close()
 
-    def ok(self, port: int, path: str) -> bool:
+    def create(self, port: int, path: str, body: dict[str, Any]) -> None:
+        """POST an object to the API server; one that exists already is fine."""
+        conn = http.client.HTTPSConnection(
+            self.apiserver_host, port, context=self.context, timeout=10
+        )
         try:
-            status, _ = self.get(port, path)
+            conn.request(
+                "POST", path, json.dumps(body), headers={"Content-Type": "application/json"}
+            )
+            resp = conn.getresponse()
+            text = resp.read()
+        finally:
+            conn.close()
+        if resp.status not in (200, 201, 409):
+            raise LaunchError(f"POST {path} answered {resp.status}: {text[:300]!r}")
+
+    def ok(self, port: int, path: str, host: str = LOOPBACK) -> bool:
+        try:
+            status, _ = self.get(port, path, host=host)
         except (OSError, http.client.HTTPException):
             return False
         return status == 200
 
     def json(self, port: int, path: str) -> dict[str, Any] | None:
         try:
-            status, body = self.get(port, path)
+            status, body = self.get(port, path, host=self.apiserver_host)
         except (OSError, http.client.HTTPException):
             return None
         if status != 200:
@@ -261,6 +297,20 @@ class Probe:
     def default_service_account(self, apiserver_port: int) -> bool:
         path = "/api/v1/namespaces/default/serviceaccounts/default"
         return self.json(apiserver_port, path) is not None
+
+
+def http_ok(host: str, port: int, path: str) -> bool:
+    """Whether a plain-HTTP health endpoint answers 200."""
+    conn = http.client.HTTPConnection(host, port, timeout=3)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return resp.status == 200
 
 
 def etcd_healthy(port: int) -> bool:
@@ -290,12 +340,17 @@ class Check:
 def component_health(record: ClusterRecord, probe: Probe) -> dict[str, bool]:
     """Whether each component is alive and answers its health endpoint."""
     ports = record.ports
+    net = record.network
+    node_layout = NodeLayout.of(net)
     checks: dict[str, Callable[[], bool]] = {
         "etcd": lambda: etcd_healthy(ports["etcd-client"]),
-        "kube-apiserver": lambda: probe.ok(ports["kube-apiserver"], "/readyz"),
+        "kube-apiserver": lambda: probe.ok(ports["kube-apiserver"], "/readyz", net.host_ip),
         "kube-controller-manager": lambda: probe.ok(ports["kube-controller-manager"], "/healthz"),
         "kube-scheduler": lambda: probe.ok(ports["kube-scheduler"], "/healthz"),
-        "node-agent": lambda: probe.node_ready(ports["kube-apiserver"]),
+        "containerd": lambda: node.containerd_ready(node_layout),
+        "kubelet": lambda: http_ok(net.node_ip, node.KUBELET_HEALTHZ_PORT, "/healthz"),
+        "kube-proxy": lambda: http_ok(net.node_ip, node.KUBE_PROXY_HEALTHZ_PORT, "/healthz"),
+        "coredns": lambda: http_ok(net.node_ip, node.COREDNS_READY_PORT, "/ready"),
     }
     health = {}
     for name in ORDER:
@@ -361,9 +416,11 @@ class Launcher:
 
     def record(self) -> ClusterRecord | None:
         try:
-            return ClusterRecord.load(self.layout.cluster_file)
+            record = ClusterRecord.load(self.layout.cluster_file)
         except (OSError, ValueError, TypeError):
             return None
+        self.probe = Probe(self.layout, record.network.host_ip)
+        return record
 
     def healthy(self, record: ClusterRecord) -> bool:
         return all(component_health(record, self.probe).values())
@@ -380,20 +437,28 @@ class Launcher:
             return
         shutil.rmtree(self.state_dir)
 
+    def _teardown(self, record: ClusterRecord) -> None:
+        """Stop the processes, then remove the node's Pods, mounts, cgroups and network."""
+        stop_components(record.components)
+        net = record.network
+        if network.owner_state_dir(net) in (None, self.state_dir):
+            node.cleanup(net, NodeLayout.of(net))
+            network.teardown(net)
+
     # -- commands
 
     def down(self) -> bool:
         """Stop everything recorded in the state dir and remove it; False if nothing ran."""
         record = self.record()
         if record:
-            stop_components(record.components)
+            self._teardown(record)
         existed = self.state_dir.exists()
         self._remove_state_dir()
         if existed:
             print(f"Removed {self.state_dir}.")
         return record is not None
 
-    # -- one component (fault tests: a crashed node agent, a restarted API server)
+    # -- one component (fault tests: a crashed kubelet, a restarted API server)
 
     def _component(self, name: str) -> tuple[ClusterRecord, Component]:
         record = self.record()
@@ -407,8 +472,8 @@ class Launcher:
     def stop_component(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal one component's process group and wait until it is gone (SIGKILL after grace).
 
-        SIGKILL is a crash: a killed node agent leaves its Pods' processes behind, and the
-        next agent adopts the Pods and kills them (see the node agent's ``PodWorker._adopt``).
+        SIGKILL is a crash: a killed kubelet leaves its containers running, and the next
+        kubelet finds them through containerd, as on any node.
         """
         _, comp = self._component(name)
         if not comp.alive():
@@ -433,13 +498,9 @@ class Launcher:
             raise LaunchError(f"{name} is already running (pid {comp.pid}).", name)
         self._deadline = time.monotonic() + self.timeout
         self._start(record, name, comp.argv, comp.port)
-        checks = [
-            Check(f"{name} healthy", name, lambda: component_health(record, self.probe)[name])
-        ]
-        if name == "node-agent":
-            # The Node stays Ready for a while after its agent died: wait for the new agent.
-            checks.append(Check("node agent listening", name, lambda: _listening(comp.port)))
-        self._wait(checks)
+        self._wait(
+            [Check(f"{name} healthy", name, lambda: component_health(record, self.probe)[name])]
+        )
 
     def restart_component(
         self, name: str, sig: int = signal.SIGKILL, down_seconds: float = 0.0
@@ -448,6 +509,22 @@ class Launcher:
         self.stop_component(name, sig)
         time.sleep(down_seconds)
         self.start_component(name)
+
+    def _slot_in_use(self, net: NodeNetwork, owner: Path | None) -> bool:
+        """Whether a claimed slot belongs to a cluster whose node still runs."""
+        if owner is None or owner == self.state_dir:
+            return False
+        other = Launcher(owner).record()
+        if other is None or other.slot != net.slot:
+            return False
+        containerd = other.components.get("containerd")
+        return bool(containerd and containerd.alive())
+
+    def _reclaim(self, net: NodeNetwork, owner: Path | None) -> None:
+        """Clean a stale slot: the leftovers of a cluster whose processes were killed."""
+        print(f"Cleaning stale dev cluster slot {net.slot} (was {owner or 'unowned'}).")
+        node.cleanup(net, NodeLayout.of(net))
+        network.teardown(net)
 
     def up(self) -> ClusterRecord:
         """Reuse a healthy cluster or start a fresh one; raise LaunchError on failure."""
@@ -458,34 +535,43 @@ class Launcher:
                 print("Reused the running dev cluster.")
                 return record
             print(f"Found a stale dev cluster in {self.state_dir}; stopping its leftovers.")
-            stop_components(record.components)
+            self._teardown(record)
         self._remove_state_dir()
 
         bins = self.bins or binaries()
         ensure_binaries(bins)
+        archives = images.ensure_images()
         cold_start = time.monotonic()
         self._deadline = cold_start + self.timeout
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.state_dir / MARKER).write_text("Created by python -m kumulus.devcluster up.\n")
-        files = pki.generate(self.layout.pki)
-
-        names = (
-            "etcd-client",
-            "etcd-peer",
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler",
-            "kubelet",
+        try:
+            net = network.claim(self.state_dir, self._slot_in_use, self._reclaim)
+            network.setup(net)
+        except network.NetworkError as exc:
+            raise LaunchError(str(exc)) from exc
+        node.create_cgroups(net)
+        node_layout = NodeLayout.of(net)
+        files = pki.generate(
+            self.layout.pki,
+            apiserver_ips=(net.host_ip, net.kubernetes_service_ip),
+            node_ip=net.node_ip,
         )
+
+        names = ("etcd-client", "etcd-peer", "kube-controller-manager", "kube-scheduler")
         ports = dict(zip(names, _free_ports(len(names)), strict=True))
-        server = f"https://{LOOPBACK}:{ports['kube-apiserver']}"
+        ports["kube-apiserver"] = _free_ports(1, net.host_ip)[0]
+        ports["kubelet"] = node.KUBELET_PORT
+        server = f"https://{net.host_ip}:{ports['kube-apiserver']}"
         record = ClusterRecord(
             state_dir=str(self.state_dir),
             apiserver_url=server,
             kubernetes_version=bins.kubernetes_version,
             ports=ports,
+            slot=net.slot,
             started_at=time.time(),
         )
+        self.probe = Probe(self.layout, net.host_ip)
         kubeconfigs = {
             "controller-manager": (
                 self.layout.controller_manager_kubeconfig,
@@ -493,68 +579,33 @@ class Launcher:
             ),
             "scheduler": (self.layout.scheduler_kubeconfig, "system:kube-scheduler"),
             "node": (self.layout.node_kubeconfig, f"system:node:{NODE_NAME}"),
+            "kube-proxy": (self.layout.kube_proxy_kubeconfig, "system:kube-proxy"),
+            "coredns": (self.layout.coredns_kubeconfig, pki.COREDNS_USER),
         }
         for stem, (path, user) in kubeconfigs.items():
             pki.write_kubeconfig(path, server=server, files=files, stem=stem, user=user)
+        node.write_containerd_config(node_layout, net, images.PAUSE_IMAGE)
+        node.write_kubelet_config(
+            node_layout,
+            net,
+            tls_cert=files.cert("kubelet"),
+            tls_key=files.key("kubelet"),
+            client_ca=files.ca_cert,
+        )
+        node.write_kube_proxy_config(
+            node_layout,
+            net,
+            kubeconfig=self.layout.kube_proxy_kubeconfig,
+            node_name=NODE_NAME,
+        )
+        node.write_corefile(node_layout, net, kubeconfig=self.layout.coredns_kubeconfig)
 
         try:
-            self._start(record, "etcd", self._etcd_argv(bins, ports), ports["etcd-client"])
-            self._wait([Check("etcd /health", "etcd", lambda: etcd_healthy(ports["etcd-client"]))])
-            self._start(
-                record,
-                "kube-apiserver",
-                self._apiserver_argv(bins, files, ports),
-                ports["kube-apiserver"],
-            )
-            api = ports["kube-apiserver"]
-            self._wait(
-                [
-                    Check(
-                        "kube-apiserver /readyz",
-                        "kube-apiserver",
-                        lambda: self.probe.ok(api, "/readyz"),
-                    )
-                ]
-            )
-            self._start(
-                record,
-                "kube-controller-manager",
-                self._kcm_argv(bins, files, ports),
-                ports["kube-controller-manager"],
-            )
-            self._start(
-                record,
-                "kube-scheduler",
-                self._scheduler_argv(bins, files, ports),
-                ports["kube-scheduler"],
-            )
-            self._start(record, "node-agent", self._node_agent_argv(files, ports), ports["kubelet"])
-            kcm, sched = ports["kube-controller-manager"], ports["kube-scheduler"]
-            self._wait(
-                [
-                    Check(
-                        "kube-controller-manager /healthz",
-                        "kube-controller-manager",
-                        lambda: self.probe.ok(kcm, "/healthz"),
-                    ),
-                    Check(
-                        "kube-scheduler /healthz",
-                        "kube-scheduler",
-                        lambda: self.probe.ok(sched, "/healthz"),
-                    ),
-                    Check(
-                        f"Node {NODE_NAME} Ready", "node-agent", lambda: self.probe.node_ready(api)
-                    ),
-                    Check(
-                        "ServiceAccount default/default",
-                        "kube-controller-manager",
-                        lambda: self.probe.default_service_account(api),
-                    ),
-                ],
-            )
+            self._start_control_plane(record, bins, files)
+            self._start_node(record, bins, archives)
         except BaseException:
-            # Leave the logs for the post-mortem, but no processes behind.
-            stop_components(record.components)
+            # Leave the logs for the post-mortem, but no processes, mounts or network behind.
+            self._teardown(record)
             raise
         pki.write_kubeconfig(
             self.layout.admin_kubeconfig,
@@ -565,10 +616,143 @@ class Launcher:
         )
         took = time.monotonic() - started
         cold = time.monotonic() - cold_start
-        print(f"Dev cluster is up in {took:.1f} s (control plane start {cold:.1f} s); {server}.")
+        print(f"Dev cluster is up in {took:.1f} s (cluster start {cold:.1f} s); {server}.")
+        print(f"Node {NODE_NAME} is {net.node_ip} in network namespace {net.netns}.")
         print(f"Logs are in {self.layout.logs}.")
         print(f"export KUBECONFIG={self.layout.admin_kubeconfig}")
         return record
+
+    def _start_control_plane(
+        self, record: ClusterRecord, bins: Binaries, files: pki.PkiFiles
+    ) -> None:
+        ports = record.ports
+        net = record.network
+        self._start(record, "etcd", self._etcd_argv(bins, ports), ports["etcd-client"])
+        self._wait([Check("etcd /health", "etcd", lambda: etcd_healthy(ports["etcd-client"]))])
+        api = ports["kube-apiserver"]
+        self._start(record, "kube-apiserver", self._apiserver_argv(bins, files, record), api)
+        self._wait(
+            [
+                Check(
+                    "kube-apiserver /readyz",
+                    "kube-apiserver",
+                    lambda: self.probe.ok(api, "/readyz", net.host_ip),
+                )
+            ]
+        )
+        kcm, sched = ports["kube-controller-manager"], ports["kube-scheduler"]
+        self._start(record, "kube-controller-manager", self._kcm_argv(bins, files, record), kcm)
+        self._start(record, "kube-scheduler", self._scheduler_argv(bins, files, ports), sched)
+        self._grant_coredns(api)
+
+    def _grant_coredns(self, api: int) -> None:
+        """Let the cluster DNS list and watch what it answers from (as kubeadm's RBAC does)."""
+        name = "kumulus-dev:coredns"
+        rbac = "/apis/rbac.authorization.k8s.io/v1"
+        watch = ["list", "watch"]
+        self.probe.create(
+            api,
+            f"{rbac}/clusterroles",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": name},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["endpoints", "services", "pods", "namespaces"],
+                        "verbs": watch,
+                    },
+                    {
+                        "apiGroups": ["discovery.k8s.io"],
+                        "resources": ["endpointslices"],
+                        "verbs": watch,
+                    },
+                ],
+            },
+        )
+        self.probe.create(
+            api,
+            f"{rbac}/clusterrolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": name},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": name,
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "User",
+                        "name": pki.COREDNS_USER,
+                    }
+                ],
+            },
+        )
+
+    def _start_node(
+        self, record: ClusterRecord, bins: Binaries, archives: list[images.ImageArchive]
+    ) -> None:
+        net = record.network
+        api = record.ports["kube-apiserver"]
+        nodecfg = NodeLayout.of(net)
+        self._start(
+            record,
+            "containerd",
+            [*net.nsenter(), "containerd", f"--config={nodecfg.containerd_config}"],
+            0,
+        )
+        self._wait(
+            [Check("containerd socket", "containerd", lambda: node.containerd_ready(nodecfg))]
+        )
+        images.import_images(str(nodecfg.containerd_socket), archives)
+        self._start(record, "kubelet", self._kubelet_argv(bins, net), node.KUBELET_PORT)
+        self._start(
+            record,
+            "kube-proxy",
+            [*net.nsenter(), str(bins.kube_proxy), f"--config={nodecfg.kube_proxy_config}"],
+            node.KUBE_PROXY_HEALTHZ_PORT,
+        )
+        self._start(
+            record,
+            "coredns",
+            [*net.nsenter(), str(bins.coredns), "-conf", str(nodecfg.corefile)],
+            53,
+        )
+        kcm, sched = record.ports["kube-controller-manager"], record.ports["kube-scheduler"]
+        self._wait(
+            [
+                Check(
+                    "kube-controller-manager /healthz",
+                    "kube-controller-manager",
+                    lambda: self.probe.ok(kcm, "/healthz"),
+                ),
+                Check(
+                    "kube-scheduler /healthz",
+                    "kube-scheduler",
+                    lambda: self.probe.ok(sched, "/healthz"),
+                ),
+                Check(f"Node {NODE_NAME} Ready", "kubelet", lambda: self.probe.node_ready(api)),
+                Check(
+                    "kube-proxy /healthz",
+                    "kube-proxy",
+                    lambda: http_ok(net.node_ip, node.KUBE_PROXY_HEALTHZ_PORT, "/healthz"),
+                ),
+                Check(
+                    "coredns /ready",
+                    "coredns",
+                    lambda: http_ok(net.node_ip, node.COREDNS_READY_PORT, "/ready"),
+                ),
+                Check(
+                    "ServiceAccount default/default",
+                    "kube-controller-manager",
+                    lambda: self.probe.default_service_account(api),
+                ),
+            ],
+        )
 
     # -- helpers
 
@@ -624,16 +808,16 @@ class Launcher:
         ]
 
     def _apiserver_argv(
-        self, bins: Binaries, files: pki.PkiFiles, ports: dict[str, int]
+        self, bins: Binaries, files: pki.PkiFiles, record: ClusterRecord
     ) -> list[str]:
+        net = record.network
         return [
             str(bins.kube_apiserver),
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
-            f"--secure-port={ports['kube-apiserver']}",
-            f"--etcd-servers=http://{LOOPBACK}:{ports['etcd-client']}",
-            "--endpoint-reconciler-type=none",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--bind-address={net.host_ip}",
+            f"--advertise-address={net.host_ip}",
+            f"--secure-port={record.ports['kube-apiserver']}",
+            f"--etcd-servers=http://{LOOPBACK}:{record.ports['etcd-client']}",
+            f"--service-cluster-ip-range={net.service_cidr}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true",
@@ -657,7 +841,7 @@ class Launcher:
             "--profiling=false",
         ]
 
-    def _kcm_argv(self, bins: Binaries, files: pki.PkiFiles, ports: dict[str, int]) -> list[str]:
+    def _kcm_argv(self, bins: Binaries, files: pki.PkiFiles, record: ClusterRecord) -> list[str]:
         kubeconfig = self.layout.controller_manager_kubeconfig
         return [
             str(bins.kube_controller_manager),
@@ -665,7 +849,7 @@ class Launcher:
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
             f"--bind-address={LOOPBACK}",
-            f"--secure-port={ports['kube-controller-manager']}",
+            f"--secure-port={record.ports['kube-controller-manager']}",
             f"--tls-cert-file={files.cert('controller-manager-serving')}",
             f"--tls-private-key-file={files.key('controller-manager-serving')}",
             f"--client-ca-file={files.ca_cert}",
@@ -676,7 +860,7 @@ class Launcher:
             "--controllers=*",
             f"--cluster-signing-cert-file={files.ca_cert}",
             f"--cluster-signing-key-file={files.ca_key}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--service-cluster-ip-range={record.network.service_cidr}",
             "--profiling=false",
         ]
 
@@ -698,18 +882,15 @@ class Launcher:
             "--profiling=false",
         ]
 
-    def _node_agent_argv(self, files: pki.PkiFiles, ports: dict[str, int]) -> list[str]:
+    def _kubelet_argv(self, bins: Binaries, net: NodeNetwork) -> list[str]:
         return [
-            sys.executable,
-            "-m",
-            "kumulus.devcluster.nodeagent",
+            *net.nsenter(),
+            str(bins.kubelet),
+            f"--config={NodeLayout.of(net).kubelet_config}",
             f"--kubeconfig={self.layout.node_kubeconfig}",
-            f"--node-name={NODE_NAME}",
-            f"--kubelet-port={ports['kubelet']}",
-            f"--tls-cert={files.cert('kubelet')}",
-            f"--tls-key={files.key('kubelet')}",
-            f"--client-ca={files.ca_cert}",
-            f"--state-dir={self.layout.node_state}",
+            f"--root-dir={NodeLayout.of(net).kubelet_root}",
+            f"--hostname-override={NODE_NAME}",
+            f"--node-ip={net.node_ip}",
         ]
 
 

@@ -1,6 +1,6 @@
 """Where the dev cluster keeps its state and finds its binaries.
 
-One place for the file layout so the launcher, the node agent and tests agree on it:
+One place for the file layout so the launcher, the node and tests agree on it:
 the state directory (certificates, kubeconfigs, logs, etcd data, pids), the binary
 cache outside the repo (keyed by version, filled by ``devcluster/build-binaries.sh``)
 and the pinned versions read from ``devcluster/versions.env``.
@@ -25,12 +25,16 @@ BUILD_LOG = Path("/tmp/build.log")  # noqa: S108
 DEFAULT_STATE_DIR = Path(".devcluster")
 #: The one Node of the dev cluster.
 NODE_NAME = "kumulus-dev"
-#: Service IPs are only allocated, never connected to.
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 LOOPBACK = "127.0.0.1"
 
-K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+K8S_BINARIES = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "kubelet",
+)
 
 
 def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
@@ -65,9 +69,20 @@ class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kube_scheduler: Path
+    kube_proxy: Path
+    kubelet: Path
+    coredns: Path
 
     def all(self) -> tuple[Path, ...]:
-        return (self.etcd, self.kube_apiserver, self.kube_controller_manager, self.kube_scheduler)
+        return (
+            self.etcd,
+            self.kube_apiserver,
+            self.kube_controller_manager,
+            self.kube_scheduler,
+            self.kube_proxy,
+            self.kubelet,
+            self.coredns,
+        )
 
     def missing(self) -> list[Path]:
         return [p for p in self.all() if not os.access(p, os.X_OK)]
@@ -87,6 +102,9 @@ def binaries(cache: Path | None = None, versions: dict[str, str] | None = None) 
         kube_apiserver=k8s_dir / "kube-apiserver",
         kube_controller_manager=k8s_dir / "kube-controller-manager",
         kube_scheduler=k8s_dir / "kube-scheduler",
+        kube_proxy=k8s_dir / "kube-proxy",
+        kubelet=k8s_dir / "kubelet",
+        coredns=cache / f"coredns-{versions['COREDNS_VERSION']}" / "coredns",
     )
 
 
@@ -109,10 +127,6 @@ class StateLayout:
         return self.root / "etcd"
 
     @property
-    def node_state(self) -> Path:
-        return self.root / "node"
-
-    @property
     def cluster_file(self) -> Path:
         return self.root / "cluster.json"
 
@@ -131,6 +145,14 @@ class StateLayout:
     @property
     def scheduler_kubeconfig(self) -> Path:
         return self.root / "scheduler.kubeconfig"
+
+    @property
+    def kube_proxy_kubeconfig(self) -> Path:
+        return self.root / "kube-proxy.kubeconfig"
+
+    @property
+    def coredns_kubeconfig(self) -> Path:
+        return self.root / "coredns.kubeconfig"
 
     def log(self, component: str) -> Path:
         return self.logs / f"{component}.log"

@@ -29,9 +29,10 @@ from kumulus.devcluster.paths import NODE_NAME
 VALIDITY = datetime.timedelta(days=365)
 BACKDATE = datetime.timedelta(hours=1)
 
+#: The API server's names; :func:`generate` adds the addresses of the cluster's slot (the host
+#: end of the node's veth, where it listens, and the ``kubernetes`` Service's ClusterIP).
 APISERVER_SANS = (
     "127.0.0.1",
-    "10.96.0.1",
     "localhost",
     "kubernetes",
     "kubernetes.default",
@@ -39,9 +40,9 @@ APISERVER_SANS = (
     "kubernetes.default.svc.cluster.local",
 )
 LOOPBACK_SANS = ("127.0.0.1", "localhost")
-#: Loopback-only serving certificates: (file stem, common name).
+#: Loopback-only serving certificates: (file stem, common name); the kubelet's gets the node's
+#: address too.
 SERVING = (
-    ("kubelet", NODE_NAME),
     ("controller-manager-serving", "kube-controller-manager"),
     ("scheduler-serving", "kube-scheduler"),
 )
@@ -56,6 +57,9 @@ class ClientIdentity:
     organisations: tuple[str, ...] = ()
 
 
+#: The cluster DNS's identity (the launcher grants it read access to Services and endpoints).
+COREDNS_USER = "system:kumulus-dev:coredns"
+
 #: The common name the apiserver accepts for aggregated-API proxy requests.
 FRONT_PROXY_CLIENT = "front-proxy-client"
 
@@ -68,6 +72,10 @@ CLIENTS = (
     ClientIdentity("controller-manager", "system:kube-controller-manager"),
     ClientIdentity("scheduler", "system:kube-scheduler"),
     ClientIdentity("node", f"system:node:{NODE_NAME}", ("system:nodes",)),
+    # Bound to system:node-proxier by the API server's default RBAC.
+    ClientIdentity("kube-proxy", "system:kube-proxy"),
+    # Bound by the launcher to a ClusterRole that lists and watches what DNS answers from.
+    ClientIdentity("coredns", COREDNS_USER),
 )
 
 
@@ -226,19 +234,29 @@ class PkiFiles:
         return self.root / "sa.pub"
 
 
-def generate(pki_dir: Path) -> PkiFiles:
-    """Generate the full set of certificates and keys into ``pki_dir``."""
+def generate(pki_dir: Path, *, apiserver_ips: Sequence[str], node_ip: str) -> PkiFiles:
+    """Generate the full set of certificates and keys into ``pki_dir``.
+
+    ``apiserver_ips`` are the addresses clients reach the API server at besides loopback;
+    ``node_ip`` is the kubelet's, which the API server checks when it fetches logs.
+    """
     files = PkiFiles(pki_dir)
     ca = CertificateAuthority.generate()
     write_private(files.ca_cert, _cert_pem(ca.cert))
     write_private(files.ca_key, _key_pem(ca.key))
 
-    key, cert = ca.issue("kube-apiserver", server_names=APISERVER_SANS, client=False)
+    key, cert = ca.issue(
+        "kube-apiserver", server_names=(*APISERVER_SANS, *apiserver_ips), client=False
+    )
     write_private(files.cert("apiserver"), _cert_pem(cert))
     write_private(files.key("apiserver"), _key_pem(key))
 
-    for stem, common_name in SERVING:
-        key, cert = ca.issue(common_name, server_names=LOOPBACK_SANS, client=False)
+    serving: list[tuple[str, str, tuple[str, ...]]] = [
+        (stem, cn, LOOPBACK_SANS) for stem, cn in SERVING
+    ]
+    serving.append(("kubelet", NODE_NAME, (*LOOPBACK_SANS, node_ip)))
+    for stem, common_name, names in serving:
+        key, cert = ca.issue(common_name, server_names=names, client=False)
         write_private(files.cert(stem), _cert_pem(cert))
         write_private(files.key(stem), _key_pem(key))
 

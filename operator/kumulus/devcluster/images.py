@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from kumulus.devcluster.paths import DEVCLUSTER_DIR, REPO_ROOT, read_versions
+from kumulus.devcluster.paths import DEVCLUSTER_DIR, REPO_ROOT, cache_dir, read_versions
 
 #: The repositories of the images (KEY=repository lines).
 IMAGES_FILE = DEVCLUSTER_DIR / "images.env"
@@ -52,12 +52,7 @@ def package_version(pyproject: Path = PYPROJECT) -> str:
 
 def image_cache_dir() -> Path:
     """The archive cache, the same default as build-images.sh (KUMULUS_IMAGE_CACHE overrides)."""
-    explicit = os.environ.get("KUMULUS_IMAGE_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "kumulus" / "images"
+    return cache_dir("images", "KUMULUS_IMAGE_CACHE")
 
 
 def _reference(key: str) -> str:

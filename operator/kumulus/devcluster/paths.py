@@ -49,14 +49,22 @@ def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
     return versions
 
 
-def bin_cache_dir() -> Path:
-    """The cache of built binaries, the same default as build-binaries.sh."""
-    explicit = os.environ.get("KUMULUS_BIN_CACHE")
+def cache_dir(name: str, override: str) -> Path:
+    """``$<override>``, else ``$XDG_CACHE_HOME/kumulus/<name>`` (``~/.cache`` without XDG).
+
+    The same default as the build scripts use for their caches.
+    """
+    explicit = os.environ.get(override)
     if explicit:
         return Path(explicit).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "kumulus" / "bin"
+    return base / "kumulus" / name
+
+
+def bin_cache_dir() -> Path:
+    """The cache of built binaries (build-binaries.sh; KUMULUS_BIN_CACHE overrides)."""
+    return cache_dir("bin", "KUMULUS_BIN_CACHE")
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pack",
         help="Print a Flow manifest for a .py file (for GitOps).",
         description="Print a Flow manifest (YAML) whose spec.code is the file's source; the "
-        "description defaults to the module docstring's first line.",
+        "description defaults to the module docstring's first paragraph, on one line.",
     )
     _common(pack, suppress=True)
     pack.add_argument("file", metavar="FILE.py")

@@ -86,6 +86,11 @@ class Connection(KumulusResource):
                 '.status.conditions[?(@.type=="Ready")].status',
                 description="Whether the connection's values and Secret resolve.",
             ),
+            PrinterColumn(
+                "Reason",
+                '.status.conditions[?(@.type=="Ready")].reason',
+                description="Why it is (not) ready: unknown type, invalid values, missing Secret.",
+            ),
             PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
         ),
     )

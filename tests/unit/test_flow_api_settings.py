@@ -56,9 +56,14 @@ def test_object_names_are_valid_and_deterministic(setting: str) -> None:
     for name in (st.configmap_name(setting), st.lease_name(setting)):
         assert len(name) <= 63
         assert DNS_1123.match(name), name
-    assert st.configmap_name(setting) == st.configmap_name(setting)
     assert st.configmap_name(setting).startswith("kumulus-setting-")
     assert st.lease_name(setting).startswith("kumulus-lock-")
+
+
+def test_names_are_the_same_in_every_version() -> None:
+    """Pinned: a setting saved by one runner version must be found by the next."""
+    assert st.configmap_name("deploy-lock") == "kumulus-setting-deploy-lock-f64178b2c5"
+    assert st.lease_name("Deploy Lock") == "kumulus-lock-deploy-lock-f1e089b707"
 
 
 def test_names_differ_for_settings_that_slug_alike() -> None:

@@ -108,6 +108,8 @@ def operator(
         "KUMULUS_METRICS_HOST": "127.0.0.1",
         "KUMULUS_METRICS_PORT": str(free_port()),
         "KUMULUS_FLOW_RECHECK_SECONDS": "2",
+        # tests/e2e/test_security_pods.py waits this long for a missing ServiceAccount.
+        "KUMULUS_SERVICE_ACCOUNT_WAIT_SECONDS": "10",
         "PYTHONUNBUFFERED": "1",
     }
     op = Operator(kubeconfig, log_path, env)

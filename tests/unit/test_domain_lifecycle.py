@@ -20,6 +20,7 @@ pytestmark = pytest.mark.unit
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings(pod_start_deadline_seconds=120)
 FLOW = {"metadata": {"name": "f", "generation": 1}, "spec": {"code": "def handler(s, t): pass"}}
+BUSYBOX_FLOW = {**FLOW, "spec": {**FLOW["spec"], "image": "busybox:latest"}}
 
 
 def ts(seconds_ago: float) -> str:
@@ -38,6 +39,22 @@ def exe(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
     }
 
 
+def sa_waited(seconds: float) -> dict[str, Any]:
+    """An unstarted Execution's status after waiting ``seconds`` for a missing ServiceAccount."""
+    return {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "Started",
+                "status": "False",
+                "reason": "ServiceAccountNotFound",
+                "message": "Waiting for ServiceAccount nope to exist.",
+                "lastTransitionTime": ts(seconds),
+            }
+        ],
+    }
+
+
 def started(phase: str = "Pending", attempts: int = 1, **extra: Any) -> dict[str, Any]:
     return {
         "phase": phase,
@@ -49,6 +66,7 @@ def started(phase: str = "Pending", attempts: int = 1, **extra: Any) -> dict[str
 
 
 def pod(phase: str = "Running", attempt: int = 1, **kw: Any) -> PodView:
+    kw.setdefault("owner_uid", "u")  # controlled by exe()
     return PodView(name=f"ex-a{attempt}", phase=phase, created=NOW - timedelta(seconds=5), **kw)
 
 
@@ -58,8 +76,17 @@ def decide(
     children: list[lc.ChildView] | None = None,
     flow: dict[str, Any] | None = FLOW,
     settings: Settings = SETTINGS,
+    missing_service_account: str | None = None,
 ) -> list[lc.Action]:
-    return lc.decide(execution, p, children or [], NOW, flow=flow, settings=settings)
+    return lc.decide(
+        execution,
+        p,
+        children or [],
+        NOW,
+        flow=flow,
+        settings=settings,
+        missing_service_account=missing_service_account,
+    )
 
 
 def rule(
@@ -67,8 +94,9 @@ def rule(
     p: PodView | None = None,
     children: list[lc.ChildView] | None = None,
     flow: dict[str, Any] | None = FLOW,
+    missing_service_account: str | None = None,
 ) -> str | None:
-    ctx = lc.Ctx(execution, p, children or [], flow, NOW, SETTINGS)
+    ctx = lc.Ctx(execution, p, children or [], flow, NOW, SETTINGS, missing_service_account)
     t = lc.select(ctx)
     return t.name if t else None
 
@@ -319,6 +347,7 @@ def test_pod_being_deleted_under_running_execution() -> None:
 def test_pod_start_timeout_includes_waiting_reason_and_deletes_pod() -> None:
     p = PodView(
         name="ex-a1",
+        owner_uid="u",
         phase="Pending",
         created=NOW - timedelta(seconds=121),
         waiting_reason="ErrImagePull",
@@ -517,6 +546,10 @@ def _scenarios() -> dict[str, tuple[dict[str, Any], PodView | None, dict[str, An
             pod("Failed", exit_code=1),
             FLOW,
         ),
+        "pod-not-owned": (exe(started("Running")), PodView(name="app", phase="Running"), FLOW),
+        "image-not-allowed": (exe(), None, BUSYBOX_FLOW),
+        "service-account-wait": (exe(), None, FLOW),
+        "service-account-not-found": (exe(sa_waited(61)), None, FLOW),
         "invalid-inputs": (exe(inputs={}), None, schema_flow),
         "flow-wait": (old_exe(1), None, None),
         "flow-not-found": (old_exe(61), None, None),
@@ -532,12 +565,17 @@ def test_scenarios_cover_the_whole_table() -> None:
     assert set(_scenarios()) == {t.name for t in lc.TRANSITIONS}
 
 
+#: Scenarios decided right after the API server refused the Pod for a missing ServiceAccount.
+MISSING_SA = {"service-account-wait": "nope", "service-account-not-found": "nope"}
+
+
 @pytest.mark.parametrize("name", [t.name for t in lc.TRANSITIONS])
 def test_each_transition_fires_on_its_scenario(name: str) -> None:
     execution, p, flow = _scenarios()[name]
-    assert rule(execution, p, flow=flow) == name
+    missing = MISSING_SA.get(name)
+    assert rule(execution, p, flow=flow, missing_service_account=missing) == name
     before = copy.deepcopy((execution, flow))
-    actions = decide(execution, p, flow=flow)
+    actions = decide(execution, p, flow=flow, missing_service_account=missing)
     # Deciding is pure: it reads the Execution and the Flow, never changes them ...
     assert (execution, flow) == before
     # ... and a row that moves the phase does it in exactly one status patch, to a listed phase.
@@ -550,7 +588,9 @@ def test_each_transition_fires_on_its_scenario(name: str) -> None:
 # ---------------------------------------------------------------- the table is the law
 
 
-def _grid() -> Iterator[tuple[dict[str, Any], PodView | None, dict[str, Any] | None, Settings]]:
+def _grid() -> Iterator[
+    tuple[dict[str, Any], PodView | None, dict[str, Any] | None, Settings, str | None]
+]:
     """Executions in every phase against every Pod, runner report and request (a few thousand).
 
     Not built from the table: phases, requests, attempts, runner states and Pods are crossed
@@ -570,7 +610,8 @@ def _grid() -> Iterator[tuple[dict[str, Any], PodView | None, dict[str, Any] | N
     pods: list[PodView | None] = [
         None,
         pod("Pending"),
-        PodView(name="ex-a1", phase="Pending", created=NOW - timedelta(seconds=600)),
+        PodView(name="ex-a1", phase="Pending", created=NOW - timedelta(seconds=600), owner_uid="u"),
+        PodView(name="app", phase="Running", running=True),  # not controlled by the Execution
         pod("Running", running=True),
         pod("Running", running=True, deleting=True),
         pod("Succeeded", exit_code=0),
@@ -579,24 +620,30 @@ def _grid() -> Iterator[tuple[dict[str, Any], PodView | None, dict[str, Any] | N
         pod("Failed", exit_code=3),
         pod("Failed", exit_code=137, signal=9),
     ]
-    Profile = tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], Settings, float]
+    Profile = tuple[
+        dict[str, Any], dict[str, Any] | None, dict[str, Any], Settings, float, str | None
+    ]
     profiles: list[Profile] = [
-        # (spec, flow, extra status, settings, seconds since the Execution was created)
-        ({}, FLOW, {}, SETTINGS, 5),
-        ({"retry": {"limit": 2}}, FLOW, {}, SETTINGS, 5),
-        ({"run": False}, FLOW, {}, SETTINGS, 5),
-        ({"inputs": {}}, schema_flow, {}, SETTINGS, 5),
-        ({}, bad_flow, {}, SETTINGS, 5),
-        ({}, None, {}, SETTINGS, 5),
-        ({}, None, {}, SETTINGS, 600),
-        ({"type": "SCRIPT", "flowRef": None, "script": "x"}, None, {}, SETTINGS, 5),
-        ({"type": "CONNECTION", "connection": {"type": "REST"}}, None, {}, SETTINGS, 5),
-        ({"ttlSecondsAfterFinished": 5}, FLOW, {"endTime": ts(9)}, SETTINGS, 5),
-        ({"ttlSecondsAfterFinished": 5}, FLOW, {"endTime": ts(1)}, SETTINGS, 5),
-        ({}, FLOW, {"outputs": {"x": "y" * 200}}, Settings(output_limit_bytes=100), 5),
+        # (spec, flow, extra status, settings, seconds since the Execution was created,
+        #  the ServiceAccount the last Pod create was refused for)
+        ({}, FLOW, {}, SETTINGS, 5, None),
+        ({}, BUSYBOX_FLOW, {}, SETTINGS, 5, None),
+        ({}, FLOW, {}, SETTINGS, 5, "nope"),
+        ({}, FLOW, sa_waited(61), SETTINGS, 5, "nope"),
+        ({"retry": {"limit": 2}}, FLOW, {}, SETTINGS, 5, None),
+        ({"run": False}, FLOW, {}, SETTINGS, 5, None),
+        ({"inputs": {}}, schema_flow, {}, SETTINGS, 5, None),
+        ({}, bad_flow, {}, SETTINGS, 5, None),
+        ({}, None, {}, SETTINGS, 5, None),
+        ({}, None, {}, SETTINGS, 600, None),
+        ({"type": "SCRIPT", "flowRef": None, "script": "x"}, None, {}, SETTINGS, 5, None),
+        ({"type": "CONNECTION", "connection": {"type": "REST"}}, None, {}, SETTINGS, 5, None),
+        ({"ttlSecondsAfterFinished": 5}, FLOW, {"endTime": ts(9)}, SETTINGS, 5, None),
+        ({"ttlSecondsAfterFinished": 5}, FLOW, {"endTime": ts(1)}, SETTINGS, 5, None),
+        ({}, FLOW, {"outputs": {"x": "y" * 200}}, Settings(output_limit_bytes=100), 5, None),
     ]
     phases = ["", "Pending", "Running", "Waiting", "Paused", "Succeeded", "Failed", "Cancelled"]
-    for spec, flow, extra, settings, created_ago in profiles:
+    for spec, flow, extra, settings, created_ago, missing in profiles:
         for phase, desired, attempt, state, p in itertools.product(
             phases,
             ["Running", "Paused", "Cancelled"],
@@ -611,17 +658,19 @@ def _grid() -> Iterator[tuple[dict[str, Any], PodView | None, dict[str, Any] | N
                 status["runner"] = {"attempt": 1, "state": state}
             execution = exe(status, desiredState=desired, **spec)
             execution["metadata"]["creationTimestamp"] = ts(created_ago)
-            yield execution, p if attempt else None, flow, settings
+            yield execution, p if attempt else None, flow, settings, missing
 
 
 def test_every_row_writes_only_the_phases_its_targets_list() -> None:
     written: dict[str, set[str]] = {t.name: set() for t in lc.TRANSITIONS}
     unlisted: dict[str, set[str]] = {}
-    for execution, p, flow, settings in _grid():
-        ctx = lc.Ctx(execution, p, [], flow, NOW, settings)
+    for execution, p, flow, settings, missing in _grid():
+        ctx = lc.Ctx(execution, p, [], flow, NOW, settings, missing)
         row = lc.select(ctx)
         if row is None:
-            decided = lc.decide(execution, p, [], NOW, flow=flow, settings=settings)
+            decided = lc.decide(
+                execution, p, [], NOW, flow=flow, settings=settings, missing_service_account=missing
+            )
             assert lc.written_phases(decided) == set(), execution
             continue
         # The row's own effect, not decide(): decide() refuses what this test looks for.
@@ -668,3 +717,127 @@ def test_a_decision_the_table_does_not_list_is_refused(monkeypatch: pytest.Monke
     lc.check_transition("Running", None, [lc.PatchStatus({"children": []})])
     with pytest.raises(lc.IllegalTransition, match="No row of the lifecycle table fired"):
         lc.check_transition("Running", None, [lc.PatchStatus({"phase": "Failed"})])
+
+
+# ---------------------------------------------------------------- images, accounts, owned Pods
+
+
+def test_a_flow_image_that_is_not_allowed_fails_before_any_pod() -> None:
+    actions = decide(exe(), flow=BUSYBOX_FLOW)
+    assert of(actions, lc.CreatePod) == []
+    patch = status_patch(actions)
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Finished")["reason"] == "ImageNotAllowed"
+    assert "busybox:latest" in patch["statusMessage"]
+    [event] = of(actions, lc.EmitEvent)
+    assert event.type == "Warning" and "ImageNotAllowed" in event.message
+    # Also at a retry: the settings may have changed between attempts.
+    retrying = exe(started(nextRetryTime=ts(1)), retry={"limit": 2})
+    assert rule(retrying, pod("Failed", exit_code=1), flow=BUSYBOX_FLOW) == "image-not-allowed"
+
+
+def test_an_allowed_flow_image_starts() -> None:
+    settings = Settings(allowed_images=("busybox:*",))
+    [create] = of(decide(exe(), flow=BUSYBOX_FLOW, settings=settings), lc.CreatePod)
+    assert create.manifest["spec"]["containers"][0]["image"] == "busybox:latest"
+    assert rule(exe(type="SCRIPT", script="x", flowRef=None), flow=None) == "start"
+
+
+def test_a_missing_service_account_waits_in_pending_then_fails() -> None:
+    first = decide(exe(), missing_service_account="nope")
+    assert of(first, lc.CreatePod) == []
+    patch = status_patch(first)
+    assert patch["phase"] == "Pending"
+    started_cond = cond(patch, "Started")
+    assert (started_cond["status"], started_cond["reason"]) == ("False", "ServiceAccountNotFound")
+    assert "nope" in started_cond["message"]
+    assert started_cond["lastTransitionTime"] == ts(0)
+    [event] = of(first, lc.EmitEvent)
+    assert (event.type, event.reason) == ("Warning", "ServiceAccountNotFound")
+    [requeue] = of(first, lc.Requeue)
+    assert 0 < requeue.after <= lc.SERVICE_ACCOUNT_RETRY_SECONDS
+    # While waiting: no new write, just another try soon.
+    waiting = exe(sa_waited(30))
+    assert of(decide(waiting, missing_service_account="nope"), lc.PatchStatus) == []
+    # Between tries the Pod create is attempted again (the account may exist now).
+    assert rule(waiting) == "start"
+    # Over the wait: Failed with the reason.
+    over = decide(exe(sa_waited(61)), missing_service_account="nope")
+    patch = status_patch(over)
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Finished")["reason"] == "ServiceAccountNotFound"
+    assert "nope" in patch["statusMessage"] and "60s" in patch["statusMessage"]
+
+
+def test_the_service_account_wait_starts_when_it_is_first_seen() -> None:
+    # Held long ago (run: false), then started: the old Started=False time does not count.
+    held = exe(
+        {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "Started",
+                    "status": "False",
+                    "reason": "NotStarted",
+                    "lastTransitionTime": ts(3600),
+                }
+            ],
+        }
+    )
+    patch = status_patch(decide(held, missing_service_account="nope"))
+    assert patch["phase"] == "Pending"
+    assert cond(patch, "Started")["lastTransitionTime"] == ts(0)
+
+
+def test_no_service_account_wait_fails_at_once() -> None:
+    settings = Settings(service_account_wait_seconds=0)
+    patch = status_patch(decide(exe(), settings=settings, missing_service_account="nope"))
+    assert patch["phase"] == "Failed"
+
+
+def test_a_cancel_while_waiting_for_the_service_account_ends_cancelled() -> None:
+    ex = exe(sa_waited(5), desiredState="Cancelled")
+    assert rule(ex, missing_service_account="nope") == "cancel-unstarted"
+
+
+APP_POD = PodView(name="app", phase="Running", running=True, owner_uid="")
+
+
+def test_a_forged_pod_name_is_never_deleted_on_cancel() -> None:
+    ex = exe(started("Running", podName="app"), desiredState="Cancelled")
+    actions = decide(ex, APP_POD)
+    deletes = of(actions, lc.DeletePod)
+    assert "app" not in [d.name for d in deletes]
+    # The attempt's own Pod is asked for instead (the engine checks it is owned, too).
+    assert deletes == [lc.DeletePod("ex-a1", 0)]
+    patch = status_patch(actions)
+    assert patch["phase"] == "Cancelled"
+    assert cond(patch, "Finished")["reason"] == "PodNotOwned"
+    [event] = of(actions, lc.EmitEvent)
+    assert event.type == "Warning" and "app" in event.message
+
+
+def test_a_forged_pod_name_fails_the_execution_and_is_not_its_outcome() -> None:
+    # The foreign Pod succeeded: that is not this Execution's success.
+    done = PodView(name="app", phase="Succeeded", exit_code=0, owner_uid="other")
+    actions = decide(exe(started("Running", podName="app")), done)
+    patch = status_patch(actions)
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Finished")["reason"] == "PodNotOwned"
+    assert [d.name for d in of(actions, lc.DeletePod)] == ["ex-a1"]
+    # Running with a retry policy: still no delete of the foreign Pod, no retry either.
+    retrying = decide(exe(started("Running", podName="app"), retry={"limit": 3}), APP_POD)
+    assert "app" not in [d.name for d in of(retrying, lc.DeletePod)]
+    assert status_patch(retrying)["phase"] == "Failed"
+
+
+def test_a_pod_with_the_attempt_name_but_another_owner_is_left_alone() -> None:
+    impostor = pod("Running", running=True, owner_uid="someone-else")
+    actions = decide(exe(started("Running"), desiredState="Cancelled"), impostor)
+    assert of(actions, lc.DeletePod) == []
+    assert status_patch(actions)["phase"] == "Cancelled"
+
+
+def test_an_owned_pod_is_still_deleted_on_cancel() -> None:
+    actions = decide(exe(started("Running"), desiredState="Cancelled"), pod("Running"))
+    assert of(actions, lc.DeletePod) == [lc.DeletePod("ex-a1", SETTINGS.cancel_grace_seconds)]

@@ -228,7 +228,9 @@ async def test_finished_executions_are_cached_small_and_without_pods(api: FakeAp
             "name": "done-a1",
             "namespace": "ns",
             "resourceVersion": "4",
-            "ownerReferences": [{"kind": "Execution", "name": "done", "controller": True}],
+            "ownerReferences": [
+                {"kind": "Execution", "name": "done", "uid": "uid-done", "controller": True}
+            ],
         },
         "spec": {"containers": [{"name": "runner", "env": [{"name": "A", "value": "b"}]}]},
         "status": {"phase": "Succeeded"},
@@ -262,7 +264,9 @@ async def test_a_pod_leaving_the_watch_is_read_once_to_see_how_it_ended(
             "namespace": "ns",
             "resourceVersion": "11",
             "creationTimestamp": "2025-01-01T00:00:00Z",
-            "ownerReferences": [{"kind": "Execution", "name": "run", "controller": True}],
+            "ownerReferences": [
+                {"kind": "Execution", "name": "run", "uid": "uid-run", "controller": True}
+            ],
         },
         "status": {
             "phase": "Running",
@@ -309,7 +313,9 @@ async def test_a_quiet_pod_is_read_again_after_the_resync_interval(
             "namespace": "ns",
             "resourceVersion": "11",
             "creationTimestamp": "2025-01-01T00:00:00Z",
-            "ownerReferences": [{"kind": "Execution", "name": "quiet", "controller": True}],
+            "ownerReferences": [
+                {"kind": "Execution", "name": "quiet", "uid": "uid-quiet", "controller": True}
+            ],
         },
         "status": {"phase": "Running", "containerStatuses": [{"state": {"running": {}}}]},
     }

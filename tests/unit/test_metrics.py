@@ -251,7 +251,9 @@ def runner_pod(name: str, owner: str, phase: str, rv: int) -> dict[str, Any]:
             "namespace": "ns",
             "resourceVersion": str(rv),
             "creationTimestamp": "2025-01-01T00:00:01Z",
-            "ownerReferences": [{"kind": "Execution", "name": owner, "controller": True}],
+            "ownerReferences": [
+                {"kind": "Execution", "name": owner, "uid": f"uid-{owner}", "controller": True}
+            ],
         },
         "status": {"phase": phase},
     }

@@ -26,6 +26,7 @@ def exe(status: dict[str, Any] | None = None, created_ago: float = 5, **spec: An
         "metadata": {
             "name": "ex",
             "namespace": "ns",
+            "uid": "u",
             "generation": 1,
             "creationTimestamp": (NOW - timedelta(seconds=created_ago)).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"
@@ -44,6 +45,7 @@ def active(phase: str, state: str | None = None, attempts: int = 1) -> dict[str,
 
 
 def pod(phase: str = "Running", **kw: Any) -> PodView:
+    kw.setdefault("owner_uid", "u")  # controlled by exe()
     return PodView(name="ex-a1", phase=phase, created=NOW - timedelta(seconds=5), **kw)
 
 
@@ -92,31 +94,88 @@ CASES: list[tuple[str, dict[str, Any], PodView | None, dict[str, Any] | None, st
         "cancelled",
         "Cancelled",
     ),
+    (
+        "image not allowed",
+        exe(),
+        None,
+        {**FLOW, "spec": {**FLOW["spec"], "image": "busybox:latest"}},
+        "image-not-allowed",
+        "Failed",
+    ),
+    (
+        "service account missing",
+        exe(),
+        None,
+        FLOW,
+        "service-account-wait",
+        "ServiceAccountNotFound",
+    ),
+    (
+        "service account still missing",
+        exe(
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "Started",
+                        "status": "False",
+                        "reason": "ServiceAccountNotFound",
+                        "lastTransitionTime": "2025-01-01T11:50:00Z",
+                    }
+                ],
+            }
+        ),
+        None,
+        FLOW,
+        "service-account-not-found",
+        "Failed",
+    ),
+    (
+        "forged pod name",
+        exe({**active("Running"), "podName": "app"}),
+        PodView(name="app", phase="Running", running=True),
+        FLOW,
+        "pod-not-owned",
+        "Failed",
+    ),
 ]
+
+#: Cases decided right after a Pod create was refused for a missing ServiceAccount.
+MISSING_SA = {"service account missing": "nope", "service account still missing": "nope"}
 
 
 @pytest.mark.parametrize(
-    ("execution", "pod_view", "flow", "row", "reason"),
-    [case[1:] for case in CASES],
+    ("case", "execution", "pod_view", "flow", "row", "reason"),
+    CASES,
     ids=[case[0] for case in CASES],
 )
 def test_each_phase_transition_records_its_event(
+    case: str,
     execution: dict[str, Any],
     pod_view: PodView | None,
     flow: dict[str, Any] | None,
     row: str,
     reason: str,
 ) -> None:
-    ctx = lc.Ctx(execution, pod_view, [], flow, NOW, Settings())
+    missing = MISSING_SA.get(case)
+    ctx = lc.Ctx(execution, pod_view, [], flow, NOW, Settings(), missing)
     selected = lc.select(ctx)
     assert selected is not None and selected.name == row
-    actions = lc.decide(execution, pod_view, [], NOW, flow=flow, settings=Settings())
+    actions = lc.decide(
+        execution,
+        pod_view,
+        [],
+        NOW,
+        flow=flow,
+        settings=Settings(),
+        missing_service_account=missing,
+    )
     patches = [a for a in actions if isinstance(a, lc.PatchStatus) and "phase" in a.patch]
     events = [a for a in actions if isinstance(a, lc.EmitEvent)]
     assert len(patches) == 1
     assert [e.reason for e in events] == [reason]
     assert "ex" in events[0].message
-    if reason in ("Failed", "Cancelled", "Retrying", "FlowNotFound"):
+    if reason in ("Failed", "Cancelled", "Retrying", "FlowNotFound", "ServiceAccountNotFound"):
         assert events[0].type == "Warning"
 
 

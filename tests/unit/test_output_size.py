@@ -8,6 +8,7 @@ and the Execution then fails with ``OutputTooLarge``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -67,7 +68,7 @@ def runner_accepts(fake: FakeClient) -> Callable[[dict[str, Any], int], bool]:
 def finished(outputs: dict[str, Any]) -> dict[str, Any]:
     """An Execution whose runner saved ``outputs`` and whose Pod then succeeded."""
     return {
-        "metadata": {"name": "ex", "namespace": "ns", "generation": 1},
+        "metadata": {"name": "ex", "namespace": "ns", "uid": "u", "generation": 1},
         "spec": {"type": "SCRIPT", "script": "pass"},
         "status": {
             "phase": "Running",
@@ -80,7 +81,7 @@ def finished(outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 SUCCEEDED_POD = PodView(
-    name="ex-a1", phase="Succeeded", created=NOW - timedelta(seconds=5), exit_code=0
+    name="ex-a1", phase="Succeeded", created=NOW - timedelta(seconds=5), exit_code=0, owner_uid="u"
 )
 
 
@@ -150,7 +151,8 @@ def test_a_flow_saving_100000_e_acute_succeeds_with_its_outputs_kept(fake: FakeC
     # The operator then decides on what the runner left.
     operator_status = {**status, "phase": "Running", "attempts": 1, "podName": "ex-a1"}
     execution = {**fake.executions["ex"], "status": operator_status}
-    actions = lc.decide(execution, SUCCEEDED_POD, [], NOW, settings=Settings())
+    pod = dataclasses.replace(SUCCEEDED_POD, owner_uid=execution["metadata"]["uid"])
+    actions = lc.decide(execution, pod, [], NOW, settings=Settings())
     (patch,) = [a.patch for a in actions if isinstance(a, lc.PatchStatus)]
     assert patch["phase"] == "Succeeded", patch["statusMessage"]
     assert "outputs" not in patch  # kept as the runner wrote them

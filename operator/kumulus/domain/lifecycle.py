@@ -160,6 +160,8 @@ class Ctx:
     flow: Mapping[str, Any] | None
     now: datetime
     settings: Settings
+    missing_service_account: str | None = None
+    """The ServiceAccount the last Pod create was refused for because it does not exist."""
 
     @property
     def meta(self) -> Mapping[str, Any]:
@@ -221,8 +223,25 @@ class Ctx:
         return runner
 
     @property
+    def uid(self) -> str:
+        return str(self.meta.get("uid") or "")
+
+    @property
+    def foreign_pod(self) -> bool:
+        """``status.podName`` names a Pod this Execution does not control (a forged status).
+
+        Such a Pod is never deleted, and nothing about it is taken as this Execution's outcome.
+        """
+        return self.pod is not None and not (self.uid and self.pod.owner_uid == self.uid)
+
+    @property
     def live_pod(self) -> bool:
-        return self.pod is not None and not self.pod.finished and not self.pod.deleting
+        return (
+            self.pod is not None
+            and not self.pod.finished
+            and not self.pod.deleting
+            and not self.foreign_pod
+        )
 
     @property
     def pod_gone(self) -> bool:
@@ -336,6 +355,26 @@ class Ctx:
         created = parse_time(self.meta.get("creationTimestamp")) or self.now
         waited = (self.now - created).total_seconds()
         return max(self.settings.flow_wait_seconds - waited, 0.0)
+
+    @property
+    def image_refusal(self) -> str | None:
+        """Why the runner image this Execution would run is not allowed (``None``: it is)."""
+        if self.type not in ("FLOW", "SCRIPT"):
+            return None
+        return podspec.image_refusal(self.flow if self.type == "FLOW" else None, self.settings)
+
+    @property
+    def service_account_wait_left(self) -> float:
+        """Seconds this Execution may still wait for its missing ServiceAccount (0 when over).
+
+        The wait starts when the ``Started`` condition first says ServiceAccountNotFound.
+        """
+        since = self.now
+        for cond in self.status.get("conditions") or []:
+            if cond.get("type") == "Started" and cond.get("reason") == "ServiceAccountNotFound":
+                since = parse_time(cond.get("lastTransitionTime")) or self.now
+        waited = (self.now - since).total_seconds()
+        return max(self.settings.service_account_wait_seconds - waited, 0.0)
 
     @property
     def hold_reason(self) -> tuple[str, str]:
@@ -608,6 +647,74 @@ def _flow_not_ready(ctx: Ctx) -> list[Action]:
     return _finish(ctx, FAILED, "FlowNotReady", f"Flow {flow} is not ready: {ctx.flow_not_ready}")
 
 
+def _image_not_allowed(ctx: Ctx) -> list[Action]:
+    return _finish(ctx, FAILED, "ImageNotAllowed", str(ctx.image_refusal))
+
+
+SERVICE_ACCOUNT_RETRY_SECONDS = 2.0
+"""How often the Pod create is tried again while the ServiceAccount is missing."""
+
+
+def _service_account_wait(ctx: Ctx) -> list[Action]:
+    account = ctx.missing_service_account
+    wait = ctx.settings.service_account_wait_seconds
+    message = f"Waiting for ServiceAccount {account} to exist (fails after {wait}s without it)."
+    actions: list[Action] = []
+    if _started_reason(ctx) != "ServiceAccountNotFound":
+        conditions = _conditions(ctx, ("Started", False, "ServiceAccountNotFound", message))
+        for cond in conditions:
+            if cond["type"] == "Started":
+                cond["lastTransitionTime"] = format_time(ctx.now)  # the wait starts now
+        actions.append(
+            PatchStatus(
+                {
+                    "phase": PENDING,
+                    "statusMessage": message,
+                    "observedGeneration": _generation(ctx),
+                    "conditions": conditions,
+                }
+            )
+        )
+        actions.append(
+            EmitEvent("Warning", "ServiceAccountNotFound", f"Execution {ctx.name}: {message}")
+        )
+    left = ctx.service_account_wait_left
+    actions.append(Requeue(min(SERVICE_ACCOUNT_RETRY_SECONDS, max(left, 0.1))))
+    return actions
+
+
+def _service_account_not_found(ctx: Ctx) -> list[Action]:
+    return _finish(
+        ctx,
+        FAILED,
+        "ServiceAccountNotFound",
+        f"ServiceAccount {ctx.missing_service_account} does not exist "
+        f"(waited {ctx.settings.service_account_wait_seconds}s).",
+    )
+
+
+def _pod_not_owned(ctx: Ctx) -> list[Action]:
+    assert ctx.pod is not None
+    foreign = ctx.pod.name
+    message = (
+        f"Pod {foreign} named by status.podName is not controlled by Execution {ctx.name}; "
+        "the operator left it alone."
+    )
+    # One Event, as for every transition: the Warning of _finish, with the reason and the Pod.
+    if ctx.desired == CANCELLED:
+        actions = [
+            *_finish(ctx, CANCELLED, "PodNotOwned", f"Execution was cancelled. {message}"),
+            *_cancel_children(ctx),
+        ]
+    else:
+        actions = _finish(ctx, FAILED, "PodNotOwned", message)
+    own = naming.pod_name(ctx.name, ctx.attempts) if ctx.attempts else None
+    if own is not None and own != foreign:
+        # The attempt's own Pod (deleted only if it proves to be owned, see kumulus.k8s.pods).
+        actions.insert(0, DeletePod(own, 0))
+    return actions
+
+
 def _start(ctx: Ctx) -> list[Action]:
     attempt = ctx.attempts + 1
     manifest = podspec.build_pod(ctx.execution, ctx.flow, attempt, ctx.settings)
@@ -742,6 +849,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t("ttl-wait", TERMINAL, ACTS_ONLY, lambda c: c.ttl is not None, _wait_ttl),
     # CONNECTION Executions run in Kumulus itself, not in a Pod: another executor owns them.
     _t("connection-skip", LIVE, ACTS_ONLY, lambda c: c.type == "CONNECTION", lambda c: []),
+    # status.podName names a Pod this Execution does not control (flow code can write its
+    # status): that Pod is never deleted or read as the outcome; the Execution ends.
+    _t("pod-not-owned", LIVE, _to(FAILED, CANCELLED), lambda c: c.foreign_pod, _pod_not_owned),
     # Cancellation.
     _t(
         "cancel-unstarted",
@@ -799,6 +909,13 @@ TRANSITIONS: tuple[Transition, ...] = (
         _retry_wait,
     ),
     _t(
+        "image-not-allowed",
+        UNSTARTED,
+        _to(FAILED),
+        lambda c: c.wants_start and c.image_refusal is not None,
+        _image_not_allowed,
+    ),
+    _t(
         "invalid-inputs",
         UNSTARTED,
         _to(FAILED),
@@ -825,6 +942,25 @@ TRANSITIONS: tuple[Transition, ...] = (
         _to(FAILED),
         lambda c: c.wants_start and c.attempts == 0 and c.flow_not_ready is not None,
         _flow_not_ready,
+    ),
+    # The last Pod create was refused: its ServiceAccount does not exist (yet).
+    _t(
+        "service-account-wait",
+        UNSTARTED,
+        _to(PENDING),
+        lambda c: (
+            c.wants_start
+            and c.missing_service_account is not None
+            and c.service_account_wait_left > 0
+        ),
+        _service_account_wait,
+    ),
+    _t(
+        "service-account-not-found",
+        UNSTARTED,
+        _to(FAILED),
+        lambda c: c.wants_start and c.missing_service_account is not None,
+        _service_account_not_found,
     ),
     _t("start", UNSTARTED, _to(PENDING), lambda c: c.wants_start, _start),
     _t(
@@ -914,16 +1050,20 @@ def decide(
     *,
     flow: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
+    missing_service_account: str | None = None,
 ) -> list[Action]:
     """The actions that move ``execution`` towards its desired state.
 
     ``pod`` is the Pod of the current attempt (``status.podName``), ``None`` if there is none
     (the caller must have confirmed a missing Pod with the API server, not only a cache).
-    ``flow`` is the referenced Flow (``None`` if missing or not a FLOW). Raises
+    ``flow`` is the referenced Flow (``None`` if missing or not a FLOW).
+    ``missing_service_account`` names the ServiceAccount the API server just refused to create
+    the attempt's Pod for because it does not exist (the engine tries the create again after
+    each decision that waits, so the fact is always fresh). Raises
     :class:`IllegalTransition` (and asks for nothing) if the rule that fired would write a phase
     the table does not list for it.
     """
-    ctx = Ctx(execution, pod, children, flow, now, settings or Settings())
+    ctx = Ctx(execution, pod, children, flow, now, settings or Settings(), missing_service_account)
     transition = select(ctx)
     actions = transition.effect(ctx) if transition is not None else []
     check_transition(ctx.phase, transition, actions)

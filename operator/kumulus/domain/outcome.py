@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from kumulus.domain.podspec import controller_uid
 from kumulus.domain.timeutil import parse_time
 
 EXIT_SUCCESS = 0
@@ -39,6 +40,8 @@ class PodView:
     terminated_message: str = ""
     signal: int | None = None
     unschedulable_message: str = ""
+    owner_uid: str = ""
+    """The uid of the Execution that controls the Pod (its ownerReferences; "" if none)."""
 
     @classmethod
     def from_dict(cls, pod: Mapping[str, Any]) -> PodView:
@@ -52,6 +55,7 @@ class PodView:
             "message": status.get("message") or "",
             "created": parse_time(meta.get("creationTimestamp")),
             "deleting": bool(meta.get("deletionTimestamp")),
+            "owner_uid": controller_uid(pod),
         }
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":

@@ -72,6 +72,36 @@ class Settings:
     image_pull_policy: str = "IfNotPresent"
     """``imagePullPolicy`` of the runner container."""
 
+    allowed_images: tuple[str, ...] = ()
+    """Images a Flow's ``spec.image`` may name besides ``runner_image`` (always allowed): exact
+    references, or prefixes ending in ``*`` (``registry.example.com/flows/*``; end a prefix with
+    ``/`` or ``:`` so it cannot match a longer repository name). Compared as written, without
+    normalising (``busybox`` is not ``docker.io/library/busybox``). Empty: the runner image only.
+    An Execution of a Flow naming another image fails with ImageNotAllowed, and no Pod is made."""
+
+    runner_cpu_request: str = "50m"
+    """Default ``requests.cpu`` of the runner container; empty for none. A Flow's or
+    ``podTemplate``'s ``resources`` override it per resource."""
+
+    runner_memory_request: str = "64Mi"
+    """Default ``requests.memory`` of the runner container; empty for none."""
+
+    runner_cpu_limit: str = ""
+    """Default ``limits.cpu`` of the runner container; empty (the default) for none, so a flow
+    is not throttled while the node has CPU to spare."""
+
+    runner_memory_limit: str = "512Mi"
+    """Default ``limits.memory`` of the runner container (a flow over it ends OOMKilled); empty
+    for none. Raised to a Flow's or ``podTemplate``'s memory request when that is higher."""
+
+    runner_tmp_size_limit: str = "1Gi"
+    """``sizeLimit`` of the runner Pod's writable ``/tmp`` (an emptyDir; the rest of its file
+    system is read-only); empty for none. A Pod writing more is evicted (Failed/Evicted)."""
+
+    service_account_wait_seconds: int = 60
+    """How long an Execution whose ServiceAccount does not exist waits for it (``Pending``,
+    condition ``Started=False``, reason ServiceAccountNotFound) before it fails with that reason."""
+
     worker_limit: int = 200
     """Maximum number of concurrently processed objects (kopf ``batching.worker_limit``)."""
 

@@ -54,7 +54,7 @@ from kumulus.domain.lifecycle import (
     Requeue,
 )
 from kumulus.domain.outcome import PodView
-from kumulus.domain.podspec import owner_execution
+from kumulus.domain.podspec import owned_by, owner_execution
 from kumulus.domain.settings import Settings
 from kumulus.k8s import events, executions, leases, pods, rbac
 from kumulus.k8s.resources import Key, object_key, resource_version
@@ -148,6 +148,8 @@ class Engine:
         self._stale: dict[Key, tuple[int, float]] = {}
         self._pod_seen: dict[Key, float] = {}
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
+        self._missing_sa: dict[Key, str] = {}
+        self._foreign_warned: set[tuple[Key, str]] = set()
         self._rbac_done: set[str] = set()
         self._rbac_lock = asyncio.Lock()
         self._background_slots = asyncio.Semaphore(BACKGROUND_SLOTS)
@@ -170,6 +172,8 @@ class Engine:
             self._pod_seen.pop(key, None)
             self._stale.pop(key, None)
             self.children.pop(key, None)
+            self._missing_sa.pop(key, None)
+            self._foreign_warned = {w for w in self._foreign_warned if w[0] != key}
             self._cancel_timer(key)
             METRICS.forget(key)
             if parent:
@@ -337,7 +341,20 @@ class Engine:
             if cached is not None:
                 cached = pod_view(cached)
                 self.pods.setdefault(key, {})[str(name)] = cached
-        return PodView.from_dict(cached) if cached is not None else None
+        if cached is None:
+            return None
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        if not owned_by(cached, uid) and (key, str(name)) not in self._foreign_warned:
+            # The decision leaves it alone (lifecycle row pod-not-owned); say so once.
+            self._foreign_warned.add((key, str(name)))
+            log.warning(
+                "Ignored Pod %s/%s named by the status of Execution %s/%s: "
+                "the Execution does not control it.",
+                key[0],
+                name,
+                *key,
+            )
+        return PodView.from_dict(cached)
 
     async def _flow(self, key: Key, body: Mapping[str, Any]) -> dict[str, Any] | None:
         spec = body.get("spec") or {}
@@ -383,8 +400,17 @@ class Engine:
         if pod is not None and not pod.finished:
             self.requeue(key, self.settings.pod_resync_seconds)  # see _current_pod
         now = datetime.now(UTC)
+        missing_sa = self._missing_sa.pop(key, None)
         try:
-            actions = lifecycle.decide(body, pod, children, now, flow=flow, settings=self.settings)
+            actions = lifecycle.decide(
+                body,
+                pod,
+                children,
+                now,
+                flow=flow,
+                settings=self.settings,
+                missing_service_account=missing_sa,
+            )
         except lifecycle.IllegalTransition as exc:
             # A bug in a rule, not a passing API error: nothing is applied and no error retry is
             # scheduled (the same inputs decide the same); the next event decides again.
@@ -399,7 +425,16 @@ class Engine:
         namespace, name = key
         if isinstance(action, CreatePod):
             await self._ensure_rbac(namespace, action.manifest)
-            created = await pods.create_pod(action.manifest)
+            try:
+                created = await pods.create_pod(action.manifest)
+            except pods.ServiceAccountNotFound as exc:
+                # Decided again at once, knowing why (lifecycle rows service-account-*).
+                log.info(
+                    "Could not create the Pod of Execution %s/%s yet: %s.", namespace, name, exc
+                )
+                self._missing_sa[key] = exc.account
+                self.trigger(key)
+                return False
             self.pods.setdefault(key, {})[created["metadata"]["name"]] = pod_view(created)
         elif isinstance(action, PatchStatus):
             rv = (body.get("metadata") or {}).get("resourceVersion")
@@ -429,7 +464,26 @@ class Engine:
                 lambda: events.post_event(*event),
             )
         elif isinstance(action, DeletePod):
-            await pods.delete_pod(namespace, action.name, action.grace_seconds)
+            uid = str((body.get("metadata") or {}).get("uid") or "")
+            try:
+                await pods.delete_owned_pod(namespace, action.name, uid, action.grace_seconds)
+            except pods.PodNotOwned:
+                log.warning(
+                    "Refused to delete Pod %s/%s for Execution %s/%s: "
+                    "the Execution does not control it.",
+                    namespace,
+                    action.name,
+                    namespace,
+                    name,
+                )
+                message = (
+                    f"Refused to delete Pod {action.name}: Execution {name} does not control it."
+                )
+                event = (body, "Warning", "PodNotOwned", message)
+                self._background(
+                    f"post Event PodNotOwned of Execution {namespace}/{name}",
+                    lambda: events.post_event(*event),
+                )
         elif isinstance(action, PatchChild):
             await executions.patch_execution_spec(namespace, action.name, action.spec)
             log.info(

@@ -1,8 +1,10 @@
 """Flows on the operator's side: the keeper of ``Ready``, ``observedGeneration`` and ``codeHash``.
 
 A Flow is Ready when its code (inline ``spec.code`` or ``spec.codeFrom.configMapKeyRef``)
-compiles and defines its handler. A syntax error gives ``Ready=False``, reason ``SyntaxError``
-and the line in the message, so it shows before any Execution runs the Flow.
+compiles and defines its handler, and its ``spec.image`` (if any) is one the operator allows
+(``Settings.allowed_images``). A syntax error gives ``Ready=False``, reason ``SyntaxError``
+and the line in the message, so it shows before any Execution runs the Flow; an image that is
+not allowed gives reason ``ImageNotAllowed``.
 
 The keeper checks a Flow on each of its watch events and, for Flows with ``codeFrom``, again
 every ``flow_recheck_seconds``: their ConfigMap may appear after the Flow (GitOps applies in
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kumulus.domain import flowcode, lifecycle
+from kumulus.domain import flowcode, lifecycle, podspec
 from kumulus.domain.settings import Settings
 from kumulus.k8s import configmaps, events, executions
 from kumulus.k8s.keeper import StatusKeeper, ready_condition, ready_transition
@@ -46,6 +48,7 @@ class FlowKeeper(StatusKeeper):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.namespaces, settings.flow_recheck_seconds)
+        self.settings = settings
 
     def on_flow(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event of a Flow (``None`` type = initial listing)."""
@@ -72,6 +75,9 @@ class FlowKeeper(StatusKeeper):
         else:
             handler = str(spec.get("handler") or "handler")
             check = flowcode.check_code(code, handler, f"<flow {name}>")
+        refusal = podspec.image_refusal(body, self.settings)
+        if check.ok and refusal is not None:
+            check = flowcode.CodeCheck(False, "ImageNotAllowed", refusal, check.code_hash)
         raw_generation = meta.get("generation")
         generation = int(raw_generation) if raw_generation is not None else None
         ready = ready_condition(body)

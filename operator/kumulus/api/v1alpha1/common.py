@@ -426,7 +426,11 @@ class PodTemplate(KumulusModel):
     """Tuning of the runner Pod of each attempt."""
 
     resources: ResourceRequirements | None = Field(
-        None, description="Compute resources of the runner container."
+        None,
+        description=(
+            "Compute resources of the runner container (instead of the Flow's), over the "
+            "operator's defaults per resource."
+        ),
     )
     node_selector: dict[str, str] | None = Field(
         None,
@@ -440,7 +444,10 @@ class PodTemplate(KumulusModel):
     )
     service_account_name: str | None = Field(
         None,
-        description="ServiceAccount of the runner Pod (default kumulus-runner).",
+        description=(
+            "ServiceAccount of the runner Pod (default kumulus-runner); if it does not exist "
+            "the Execution waits, then fails with ServiceAccountNotFound."
+        ),
         max_length=253,
     )
     env: list[EnvVar] | None = Field(

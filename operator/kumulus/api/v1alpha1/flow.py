@@ -76,7 +76,12 @@ class FlowSpec(KumulusModel):
         None, ge=1, description="Default deadline of each attempt in seconds."
     )
     image: str | None = Field(
-        None, description="Runner image override for this flow.", max_length=1024
+        None,
+        description=(
+            "Runner image override for this flow; only the runner image or one the operator "
+            "allows (KUMULUS_ALLOWED_IMAGES), else Executions fail with ImageNotAllowed."
+        ),
+        max_length=1024,
     )
     service_account_name: str | None = Field(
         None,
@@ -84,7 +89,10 @@ class FlowSpec(KumulusModel):
         max_length=253,
     )
     resources: ResourceRequirements | None = Field(
-        None, description="Compute resources of the runner container."
+        None,
+        description=(
+            "Compute resources of the runner container, over the operator's defaults per resource."
+        ),
     )
 
     @model_validator(mode="after")

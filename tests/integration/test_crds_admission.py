@@ -263,7 +263,7 @@ def test_printer_columns_of_every_kind(kubectl: Any, namespace: str) -> None:
     expected = {
         "flows": ["NAME", "READY", "DESCRIPTION", "AGE"],
         "schedules": ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "READY", "NEXT", "LAST", "AGE"],
-        "connections": ["NAME", "TYPE", "READY", "AGE"],
+        "connections": ["NAME", "TYPE", "READY", "REASON", "AGE"],
         "webhooks": ["NAME", "FLOW", "ENABLED", "URL", "READY", "AGE"],
     }
     for plural, header in expected.items():

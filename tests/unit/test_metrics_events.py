@@ -138,6 +138,51 @@ CASES: list[tuple[str, dict[str, Any], PodView | None, dict[str, Any] | None, st
         "pod-not-owned",
         "Failed",
     ),
+    (
+        "invalid inputs",
+        exe(inputs={"n": "not a number"}),
+        None,
+        {
+            **FLOW,
+            "spec": {
+                **FLOW["spec"],
+                "inputSchema": {"type": "object", "properties": {"n": {"type": "integer"}}},
+            },
+        },
+        "invalid-inputs",
+        "Failed",
+    ),
+    (
+        "flow not ready",
+        exe(),
+        None,
+        {
+            **FLOW,
+            "status": {
+                "observedGeneration": 1,
+                "conditions": [{"type": "Ready", "status": "False", "message": "SyntaxError"}],
+            },
+        },
+        "flow-not-ready",
+        "Failed",
+    ),
+    (
+        "flow ends itself cancelled",
+        exe(
+            {
+                **active("Running", "ended"),
+                "runner": {
+                    "attempt": 1,
+                    "state": "ended",
+                    "result": {"status": "ENDED_CANCELLED", "message": "stopped"},
+                },
+            }
+        ),
+        pod("Failed", exit_code=3),
+        FLOW,
+        "ended-cancelled",
+        "Cancelled",
+    ),
 ]
 
 #: Cases decided right after a Pod create was refused for a missing ServiceAccount.
@@ -182,10 +227,7 @@ def test_each_phase_transition_records_its_event(
 def test_every_row_that_moves_the_phase_is_covered() -> None:
     moving = {t.name for t in lc.TRANSITIONS if t.targets}
     covered = {case[4] for case in CASES}
-    # Rows reached only through inputs/flow state this table does not build (their Event comes
-    # from the same _finish helper as "failed", checked above).
-    indirect = {"invalid-inputs", "flow-not-ready", "ended-cancelled"}
-    assert moving - covered == indirect
+    assert moving - covered == set()
 
 
 def test_a_start_seen_late_records_each_phase_passed() -> None:

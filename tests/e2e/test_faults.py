@@ -37,6 +37,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod
+from tests.polling import eventually
 
 from kumulus.devcluster.dev import DevPaths, install_kumulus, start_operator, stop_operator
 
@@ -284,15 +285,6 @@ def create_all(cluster: FaultCluster, namespace: str, bodies: list[dict[str, Any
         list(pool.map(one, bodies))
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    pytest.fail(f"Timed out after {timeout:.0f} s waiting for {what}.")
-
-
 def assert_ended_once(record: History, names: list[str]) -> None:
     """Each Execution reached one terminal phase, never left it, and ended at one time."""
     for name in names:
@@ -331,12 +323,12 @@ def test_operator_sigkilled_three_times_during_a_burst(
     # Kill while work is in every state: early (most still to start), midway, late.
     thresholds = [int(BURST * f) for f in (0.05, 0.35, 0.65)][:OPERATOR_KILLS]
     for at in thresholds:
-        wait_until(lambda at=at: history.finished(names) >= at, 600, f"{at} ended Executions")
+        eventually(f"{at} ended Executions", lambda at=at: history.finished(names) >= at, 600)
         cluster.kill_operator()
         time.sleep(1)  # runners and kubelet keep going while no operator runs
         cluster.start_operator()
     creator.join()
-    wait_until(lambda: history.finished(names) == BURST, 900, f"all {BURST} Executions to end")
+    eventually(f"all {BURST} Executions to end", lambda: history.finished(names) == BURST, 900)
     took = time.monotonic() - started
     time.sleep(2)  # late watch events (a duplicate Pod would show up here)
     assert cluster.kills == len(thresholds)
@@ -372,14 +364,14 @@ def test_kubelet_killed_and_restarted_while_executions_run(
     """
     names = [f"run-{i}" for i in range(8)]
     create_all(cluster, ns, [execution(n, type="SCRIPT", script=SLEEPY_ONCE) for n in names])
-    wait_until(
-        lambda: all(history.phase(n) == "Running" for n in names), 180, "all Executions Running"
+    eventually(
+        "all Executions Running", lambda: all(history.phase(n) == "Running" for n in names), 180
     )
     cluster.launcher("stop-component", "kubelet", "--signal", "KILL")
     time.sleep(3)
     assert all(_runner_processes(ns, n) for n in names), "the containers died with the kubelet"
     cluster.launcher("start-component", "kubelet")
-    wait_until(lambda: history.finished(names) == len(names), 240, "every Execution to end")
+    eventually("every Execution to end", lambda: history.finished(names) == len(names), 240)
     assert_ended_once(history, names)
     assert_one_pod_per_attempt(history, names)
     for name in names:
@@ -416,11 +408,11 @@ def test_api_server_restarted_during_a_burst(
     create_all(
         cluster, ns, [execution(n, type="SCRIPT", script=TRIVIAL, retry=retry) for n in names]
     )
-    wait_until(lambda: history.finished(names) >= 10, 300, "10 ended Executions")
+    eventually("10 ended Executions", lambda: history.finished(names) >= 10, 300)
     cluster.launcher(
         "restart-component", "kube-apiserver", "--signal", "KILL", "--down-seconds", "3"
     )
-    wait_until(lambda: history.finished(names) == len(names), 600, "every Execution to end")
+    eventually("every Execution to end", lambda: history.finished(names) == len(names), 600)
     time.sleep(2)
     assert cluster.operator_alive(), "the operator exited instead of reconnecting"
     assert_ended_once(history, names)
@@ -455,8 +447,8 @@ def test_deleting_a_parent_cancels_and_collects_its_running_children(
         client.create(Flow(metadata=ObjectMeta(name=name), spec={"code": code}), namespace=ns)
     client.create(Execution(execution("dad", flowRef={"name": "parent"})), namespace=ns)
     children = [f"dad-1-{i}" for i in (1, 2, 3)]
-    wait_until(
-        lambda: all(history.phase(c) == "Running" for c in children), 180, "3 running children"
+    eventually(
+        "3 running children", lambda: all(history.phase(c) == "Running" for c in children), 180
     )
     assert all(_runner_processes(ns, c) for c in children)
     client.delete(Execution, "dad", namespace=ns)
@@ -466,12 +458,12 @@ def test_deleting_a_parent_cancels_and_collects_its_running_children(
         pods = [p.metadata.name for p in client.list(Pod, namespace=ns)]
         return not left and not pods
 
-    wait_until(gone, 180, "the parent, its children and all their Pods to be deleted")
+    eventually("the parent, its children and all their Pods to be deleted", gone, 180)
     # Cancelled for real: no runner process of any child is left on the machine.
-    wait_until(
+    eventually(
+        "the children's runner processes to stop",
         lambda: not any(_runner_processes(ns, c) for c in [*children, "dad"]),
         60,
-        "the children's runner processes to stop",
     )
     assert sorted(n for n in history.pods if n in children) == children
     client.close()

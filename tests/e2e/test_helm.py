@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ import pytest
 import yaml
 from tests.e2e import example_03
 from tests.local_servers import HttpServer
+from tests.polling import eventually
 
 from kumulus.devcluster.paths import bin_cache_dir, read_versions
 
@@ -55,16 +55,6 @@ def helm_binary() -> Path:
     if not os.access(path, os.X_OK):
         pytest.fail(f"no helm at {path}: run `make binaries` (or set HELM)")
     return path
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def http_ok(url: str) -> bool:
@@ -156,7 +146,7 @@ def test_helm_install_run_upgrade_uninstall(
         )  # fmt: skip
 
         # The operator and the webhook service run as the chart's ServiceAccounts.
-        op_pod = wait_until(
+        op_pod = eventually(
             "the operator Pod",
             lambda: running("operator", "KUMULUS_POD_START_DEADLINE_SECONDS", "60"),
         )
@@ -165,8 +155,8 @@ def test_helm_install_run_upgrade_uninstall(
         (op_container,) = op_pod["status"]["containerStatuses"]
         assert op_container["containerID"].startswith("containerd://"), op_container
         assert op_container["imageID"], op_container
-        wait_until("the operator's /healthz", lambda: http_ok(pod_url(op_pod, op_port, "/healthz")))
-        wait_until(
+        eventually("the operator's /healthz", lambda: http_ok(pod_url(op_pod, op_port, "/healthz")))
+        eventually(
             "the operator's /metrics", lambda: http_ok(pod_url(op_pod, metrics_port, "/metrics"))
         )
         # The webhook service answers 200 only once it listed Webhooks and Flows cluster-wide
@@ -176,7 +166,7 @@ def test_helm_install_run_upgrade_uninstall(
                     "-o", "json").stdout
         )  # fmt: skip
         webhook = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
-        wait_until("the webhook service's /healthz", lambda: http_ok(f"{webhook}/healthz"))
+        eventually("the webhook service's /healthz", lambda: http_ok(f"{webhook}/healthz"))
 
         # Examples 01 and 02 (a parent creating five children with the runner's RBAC from the
         # chart) through this installation.
@@ -210,7 +200,7 @@ def test_helm_install_run_upgrade_uninstall(
             phases = [(i.get("status") or {}).get("phase") for i in json.loads(out)["items"]]
             return "Succeeded" in phases
 
-        wait_until("a run of the heartbeat Schedule", scheduled_run_succeeded)
+        eventually("a run of the heartbeat Schedule", scheduled_run_succeeded)
         kubectl("delete", "-n", namespace, "-f", str(REPO / "examples" / "04-schedule"))
 
         # Example 05: a sync call through the chart's webhook service, which reads the
@@ -229,7 +219,7 @@ def test_helm_install_run_upgrade_uninstall(
             except OSError:
                 return None  # 404 until the service's cache has the Webhook and its Secret
 
-        answer = wait_until("a sync answer of the example webhook", webhook_answer)
+        answer = eventually("a sync answer of the example webhook", webhook_answer)
         assert answer["phase"] == "Succeeded", answer
         assert answer["outputs"]["greeting"] == "Hello, Ada!"
         # The operator made the runner identity, bound to the release's runner ClusterRole.
@@ -245,11 +235,11 @@ def test_helm_install_run_upgrade_uninstall(
             "--set", "operator.settings.podStartDeadlineSeconds=75",
             "--wait", "--timeout", "2m",
         )  # fmt: skip
-        op_pod = wait_until(
+        op_pod = eventually(
             "the upgraded operator Pod",
             lambda: running("operator", "KUMULUS_POD_START_DEADLINE_SECONDS", "75"),
         )
-        wait_until("the operator's /healthz", lambda: http_ok(pod_url(op_pod, op_port, "/healthz")))
+        eventually("the operator's /healthz", lambda: http_ok(pod_url(op_pod, op_port, "/healthz")))
         second = yaml.safe_load((EXAMPLE / "execution.yaml").read_text())
         second["metadata"]["name"] = "hello-after-upgrade"
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(second))
@@ -264,16 +254,16 @@ def test_helm_install_run_upgrade_uninstall(
             "upgrade", RELEASE, str(CHART), "--reuse-values",
             "--set", "connectionExecutor.separate=true",
         )  # fmt: skip
-        wait_until(
+        eventually(
             "the operator Pod without the connection executor",
             lambda: running("operator", "KUMULUS_CONNECTION_EXECUTOR_INLINE", "false"),
         )
-        ce_pod = wait_until(
+        ce_pod = eventually(
             "the connection executor Pod",
             lambda: running("connection-executor", "KUMULUS_CONNECTION_EXECUTOR_INLINE", "false"),
         )
         assert ce_pod["spec"]["serviceAccountName"] == f"{RELEASE}-kumulus-connection-executor"
-        wait_until(
+        eventually(
             "the connection executor's /healthz",
             lambda: http_ok(pod_url(ce_pod, ce_port, "/healthz")),
             timeout=60,
@@ -285,7 +275,7 @@ def test_helm_install_run_upgrade_uninstall(
             example_03.manifests(http, postgres_server)
         ))  # fmt: skip
         for connection in ("demo-api", "demo-db"):
-            wait_until(
+            eventually(
                 f"Connection {connection} Ready",
                 lambda connection=connection: condition(connection, "Ready") == "True",
             )
@@ -297,7 +287,7 @@ def test_helm_install_run_upgrade_uninstall(
         # Uninstall leaves no Kumulus Pods behind (and keeps the CRDs: crds.keep).
         helm("uninstall", RELEASE, "--wait", "--timeout", "2m")
         installed = False
-        wait_until("the release's Pods to go", lambda: not pods(), timeout=60)
+        eventually("the release's Pods to go", lambda: not pods(), timeout=60)
         assert kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.strip() == ""
         roles = kubectl("get", "clusterroles", "-o", "name").stdout.split()
         assert not [r for r in roles if f"/{RELEASE}-kumulus" in r]

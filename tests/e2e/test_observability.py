@@ -10,7 +10,6 @@ is active (other tests' leftovers settle), then compares the counters before and
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -59,20 +59,6 @@ def sample(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as err:  # the operator may still be starting
-            last = err
-        if last and not isinstance(last, OSError):
-            return last
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def event_reasons(kubectl: Kubectl, namespace: str, name: str) -> list[str]:
     out = kubectl(
         "get", "events", "-n", namespace,
@@ -90,7 +76,10 @@ def test_events_and_metrics_follow_each_transition(
         active = sum(v for (n, _), v in samples.items() if n == "kumulus_executions_active")
         return samples if active == 0 else None
 
-    before = wait_for("no active Executions in the operator", quiet, timeout=120)
+    # The metrics endpoint may not answer yet while the operator starts.
+    before = eventually(
+        "no active Executions in the operator", quiet, timeout=120, tolerate=(OSError,)
+    )
 
     apply(
         [
@@ -155,7 +144,7 @@ def test_events_and_metrics_follow_each_transition(
             seen = Counter(event_reasons(kubectl, namespace, name))
             return seen if seen >= Counter(reasons) else None
 
-        seen = wait_for(f"the Events of Execution {name}", complete, timeout=60)
+        seen = eventually(f"the Events of Execution {name}", complete, timeout=60)
         extra = seen - Counter(forced[name])
         assert set(extra) <= optional[name], (name, seen)
     selector = "involvedObject.name=obs-fail,reason=Failed"

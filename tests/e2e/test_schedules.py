@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from lightkube import Client
 from lightkube.generic_resource import create_namespaced_resource
+from tests.polling import eventually
 
 from kumulus.domain.cron import CronSchedule
 
@@ -60,16 +61,6 @@ def schedule(name: str, flow_name: str = "quick", **spec: Any) -> dict[str, Any]
         "metadata": {"name": name},
         "spec": {"flowRef": {"name": flow_name}, **spec},
     }
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def get_json(kubectl: Kubectl, *args: str) -> dict[str, Any]:
@@ -189,7 +180,7 @@ def test_example_and_seconds_schedule_run_on_time_exactly_once(
         namespace,
     )
     # The example (every 10 s, Europe/Vienna) lists the next times on the 10-second marks.
-    status = wait_for(
+    status = eventually(
         "the example's status",
         lambda: (s := sched_status(kubectl, namespace, "heartbeat")).get("nextScheduleTimes") and s,
     )
@@ -199,8 +190,8 @@ def test_example_and_seconds_schedule_run_on_time_exactly_once(
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(nexts)] == [10, 10]
 
     # The 2-second schedule: wait for 5 starts, then for the history limit to apply.
-    wait_for("5 starts", lambda: len(started_names(kubectl, namespace, "every2")) >= 5, 60)
-    example_runs = wait_for(
+    eventually("5 starts", lambda: len(started_names(kubectl, namespace, "every2")) >= 5, 60)
+    example_runs = eventually(
         "a succeeded heartbeat",
         lambda: [
             r
@@ -211,7 +202,7 @@ def test_example_and_seconds_schedule_run_on_time_exactly_once(
     )
     assert example_runs[0]["status"]["outputs"] == {"source": "examples/04-schedule"}
     kubectl("patch", "schedule", "every2", "-n", namespace, "--type=merge", "-p", SUSPEND)
-    wait_for(
+    eventually(
         "every2 suspended",
         lambda: ready(sched_status(kubectl, namespace, "every2")).get("reason") == "Suspended",
     )
@@ -228,7 +219,7 @@ def test_example_and_seconds_schedule_run_on_time_exactly_once(
         "every2 + heartbeat", seen.lags(started + [r["metadata"]["name"] for r in example_runs])
     )
     # History: only the 2 newest succeeded executions are kept.
-    wait_for(
+    eventually(
         "history pruning",
         lambda: (
             len(
@@ -276,11 +267,11 @@ def test_forbid_holds_back_and_replace_cancels(
         namespace,
     )
     # Replace: the second run cancels the first (desiredState: Cancelled).
-    replaced = wait_for(
+    replaced = eventually(
         "two Replace runs", lambda: (r := runs_of(kubectl, namespace, "replace"))[1:] and r
     )
     first = replaced[0]["metadata"]["name"]
-    ex = wait_for(
+    ex = eventually(
         "the replaced run to be cancelled",
         lambda: (
             get_json(kubectl, "execution", first, "-n", namespace)
@@ -295,14 +286,14 @@ def test_forbid_holds_back_and_replace_cancels(
     kubectl("delete", "schedule", "replace", "-n", namespace, "--wait=false")
 
     # Forbid: while the 7-second run is active, later instants are skipped (catchUp None).
-    runs = wait_for(
+    runs = eventually(
         "two Forbid runs",
         lambda: (r := runs_of(kubectl, namespace, "forbid")) and len(r) >= 2 and r,
         120,
     )
     a, b = runs[0], runs[1]
     assert instant_of(b) - instant_of(a) >= 6  # at least one instant was held back
-    end_a = wait_for(
+    end_a = eventually(
         "the first Forbid run to end",
         lambda: (
             get_json(kubectl, "execution", a["metadata"]["name"], "-n", namespace)
@@ -312,7 +303,7 @@ def test_forbid_holds_back_and_replace_cancels(
     )
     assert b["metadata"]["creationTimestamp"] >= end_a  # never two at once
     # Reported as a Warning Event (Skipped Events are batched: at most one per 30 s).
-    skipped = wait_for(
+    skipped = eventually(
         "a Skipped Event naming Forbid",
         lambda: [
             e
@@ -333,7 +324,7 @@ def test_edit_suspend_resume_and_delete(
         schedule("cal", schedule="0 0 1 1 *", timeZone="Europe/Vienna", successfulHistoryLimit=100),
         namespace,
     )
-    status = wait_for(
+    status = eventually(
         "next times",
         lambda: (s := sched_status(kubectl, namespace, "cal")).get("nextScheduleTimes") and s,
     )
@@ -344,7 +335,7 @@ def test_edit_suspend_resume_and_delete(
     # Editing the schedule recomputes the next times at once.
     patch = {"spec": {"schedule": "*/2 * * * * *", "timeZone": "UTC", "catchUp": "Latest"}}
     kubectl("patch", "schedule", "cal", "-n", namespace, "--type=merge", "-p", json.dumps(patch))
-    status = wait_for(
+    status = eventually(
         "recomputed next times",
         lambda: (s := sched_status(kubectl, namespace, "cal")).get("observedGeneration") == 2 and s,
         30,
@@ -352,11 +343,11 @@ def test_edit_suspend_resume_and_delete(
     times = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in status["nextScheduleTimes"]]
     assert all(t.second % 2 == 0 for t in times)
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(times)] == [2, 2]
-    wait_for("a run", lambda: runs_of(kubectl, namespace, "cal"), 30)
+    eventually("a run", lambda: runs_of(kubectl, namespace, "cal"), 30)
 
     # Suspend: no new runs, no next times.
     kubectl("patch", "schedule", "cal", "-n", namespace, "--type=merge", "-p", SUSPEND)
-    wait_for(
+    eventually(
         "suspended status",
         lambda: ready(sched_status(kubectl, namespace, "cal")).get("reason") == "Suspended",
         30,
@@ -381,7 +372,7 @@ def test_edit_suspend_resume_and_delete(
         "-p",
         '{"spec":{"suspend":false}}',
     )
-    caught = wait_for(
+    caught = eventually(
         "the catch-up run",
         lambda: [
             r
@@ -392,7 +383,7 @@ def test_edit_suspend_resume_and_delete(
         30,
     )
     assert len(caught) == 1 and instant_of(caught[0]) <= time.time()
-    wait_for(
+    eventually(
         "an on-time run after resuming",
         lambda: [r for r in runs_of(kubectl, namespace, "cal") if instant_of(r) > resumed_at + 1],
         30,
@@ -415,7 +406,7 @@ def test_invalid_cron_and_time_zone_give_ready_false(
         ("badcron", "InvalidSchedule", "minute field: 61 is out of range 0-59"),
         ("badzone", "InvalidTimeZone", "'Europe/Atlantis' is not a known IANA time zone"),
     ):
-        cond = wait_for(
+        cond = eventually(
             f"{name} Ready=False",
             lambda name=name: (
                 (c := ready(sched_status(kubectl, namespace, name))).get("status") == "False" and c
@@ -423,7 +414,7 @@ def test_invalid_cron_and_time_zone_give_ready_false(
             30,
         )
         assert cond["reason"] == reason and text in cond["message"]
-        evs = wait_for(
+        evs = eventually(
             f"{name} event",
             lambda name=name, reason=reason: [
                 e for e in events(kubectl, namespace, name) if e["reason"] == reason
@@ -446,7 +437,7 @@ def test_invalid_cron_and_time_zone_give_ready_false(
         "-p",
         '{"spec":{"schedule":"1 * * * *"}}',
     )
-    wait_for(
+    eventually(
         "Ready after the fix",
         lambda: ready(sched_status(kubectl, namespace, "badcron")).get("status") == "True",
         30,
@@ -475,7 +466,7 @@ def test_catch_up_after_operator_downtime(
         restarted_at = time.time()
         operator.start()
     for name in ("none", "latest", "all"):
-        wait_for(
+        eventually(
             f"on-time runs of {name}",
             lambda name=name: [
                 r
@@ -521,10 +512,10 @@ def test_two_operator_processes_never_start_an_instant_twice(
             ),
             namespace,
         )
-        wait_for("4 runs", lambda: len(runs_of(kubectl, namespace, "twice")) >= 4, 60)
+        eventually("4 runs", lambda: len(runs_of(kubectl, namespace, "twice")) >= 4, 60)
         operator.kill()  # fail-over: the second process carries on alone
         killed_at = time.time()
-        wait_for(
+        eventually(
             "runs after the fail-over",
             lambda: (
                 len(
@@ -543,7 +534,7 @@ def test_two_operator_processes_never_start_an_instant_twice(
             operator.start()
     time.sleep(3)  # both processes again
     kubectl("patch", "schedule", "twice", "-n", namespace, "--type=merge", "-p", SUSPEND)
-    wait_for(
+    eventually(
         "twice suspended",
         lambda: ready(sched_status(kubectl, namespace, "twice")).get("reason") == "Suspended",
     )

@@ -31,6 +31,7 @@ from tests.e2e.webhook_service import (
     wait_not_served,
     wait_served,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -74,16 +75,6 @@ def get_json(kubectl: Any, kind: str, name: str, namespace: str) -> dict[str, An
     out = kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
     result: dict[str, Any] = json.loads(out)
     return result
-
-
-def wait_for(check: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"{what} not reached in {timeout}s")
 
 
 def ready_condition(kubectl: Any, name: str, namespace: str) -> dict[str, Any]:
@@ -178,11 +169,11 @@ def test_example_readme_curl_lines(
     status = get_json(kubectl, "webhook", "webhook-echo", ns)["status"]
     assert status["url"] == f"/namespaces/{ns}/webhooks/webhook-echo/call"
     assert ready_condition(kubectl, "webhook-echo", ns)["status"] == "True"
-    wait_for(
+    eventually(
+        "status.lastTriggeredTime",
         lambda: (get_json(kubectl, "webhook", "webhook-echo", ns).get("status") or {}).get(
             "lastTriggeredTime"
         ),
-        what="status.lastTriggeredTime",
     )
 
 
@@ -488,11 +479,11 @@ def test_error_answers(
     wait_not_served(webhook_service.url(namespace, "toggled"))
     disabled = call("POST", webhook_service.url(namespace, "toggled"))
     assert (disabled.status, disabled.body) == (404, unknown.body)
-    condition = wait_for(
+    condition = eventually(
+        "Ready=False/Disabled",
         lambda: (
             (c := ready_condition(kubectl, "toggled", namespace)).get("reason") == "Disabled" and c
         ),
-        what="Ready=False/Disabled",
     )
     assert condition["status"] == "False"
     assert condition["observedGeneration"] == 2
@@ -527,9 +518,9 @@ def test_error_answers(
     missing_flow = call("POST", webhook_service.url(namespace, "orphan"))
     assert missing_flow.status == 404
     assert "no-such-flow" in missing_flow.json()["message"]
-    wait_for(
+    eventually(
+        "Ready=False/FlowNotFound",
         lambda: ready_condition(kubectl, "orphan", namespace).get("reason") == "FlowNotFound",
-        what="Ready=False/FlowNotFound",
     )
 
     codes = [call("POST", keyed).status for _ in range(4)]
@@ -546,21 +537,21 @@ def test_ready_follows_flow_and_secret(
         webhook("late", "later-flow", auth={"hmacSecretRef": {"name": "later-secret"}}),
         namespace=namespace,
     )
-    first = wait_for(lambda: ready_condition(kubectl, "late", namespace), what="a Ready condition")
+    first = eventually("a Ready condition", lambda: ready_condition(kubectl, "late", namespace))
     assert (first["status"], first["reason"]) == ("False", "FlowNotFound")
     apply(flow("later-flow", CHEAP_FLOW), namespace=namespace)
-    second = wait_for(
+    second = eventually(
+        "the Flow to be seen",
         lambda: (
             (c := ready_condition(kubectl, "late", namespace)).get("reason") != "FlowNotFound" and c
         ),
-        what="the Flow to be seen",
     )
     assert (second["status"], second["reason"]) == ("False", "SecretNotFound")
     assert "later-secret" in second["message"]
     apply(secret_manifest("later-secret", secret="s"), namespace=namespace)
-    third = wait_for(  # Secrets are re-checked periodically (every 3 s in the e2e operator)
+    third = eventually(
+        "Ready=True",  # Secrets are re-checked periodically (every 3 s in the e2e operator)
         lambda: (c := ready_condition(kubectl, "late", namespace)).get("status") == "True" and c,
-        what="Ready=True",
     )
     assert third["observedGeneration"] == 1
     status = get_json(kubectl, "webhook", "late", namespace)["status"]

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -192,15 +193,15 @@ def test_a_flow_image_that_is_not_allowed_never_runs(
     assert pods_of(kubectl, namespace, "other-image-1") == []
     warnings = [e for e in events_of(kubectl, namespace, "other-image-1") if e["type"] == "Warning"]
     assert any("ImageNotAllowed" in e["message"] for e in warnings), warnings
+
     # The Flow's Ready condition says why.
-    deadline = time.monotonic() + 30
-    ready: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    def refused_ready() -> dict[str, Any] | None:
         ready = condition(get_json(kubectl, "flow", "other-image", "-n", namespace), "Ready")
-        if ready.get("reason") == "ImageNotAllowed":
-            break
-        time.sleep(0.5)
-    assert ready.get("status") == "False" and ready.get("reason") == "ImageNotAllowed", ready
+        return ready if ready.get("reason") == "ImageNotAllowed" else None
+
+    ready = eventually("the Flow's Ready condition to say ImageNotAllowed", refused_ready, 30)
+    assert ready is not None
+    assert ready.get("status") == "False", ready
     assert "busybox:latest" in ready["message"]
     # Nothing was created in the namespace on the flow's behalf.
     assert kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.strip() == ""
@@ -225,15 +226,17 @@ def test_a_missing_service_account_fails_after_a_bounded_wait(
     started = time.monotonic()
     pending = wait_phase("ghost-sa-1", namespace, ("Pending", *TERMINAL), timeout=30)
     assert pending["status"]["phase"] == "Pending", pending["status"]
-    # Pending says why (it may take a moment after the first write of Pending).
-    cond: dict[str, Any] = {}
-    while time.monotonic() - started < wait:
-        cond = condition(get_json(kubectl, "execution", "ghost-sa-1", "-n", namespace), "Started")
-        if cond.get("reason") == "ServiceAccountNotFound":
-            break
-        time.sleep(0.25)
-    assert cond.get("status") == "False", cond
-    assert cond.get("reason") == "ServiceAccountNotFound" and "ghost" in cond["message"], cond
+
+    # Pending says why, while the wait lasts.
+    def waiting_condition() -> dict[str, Any] | None:
+        ex = get_json(kubectl, "execution", "ghost-sa-1", "-n", namespace)
+        cond = condition(ex, "Started")
+        pending = ex["status"].get("phase") == "Pending"
+        return cond if pending and cond.get("reason") == "ServiceAccountNotFound" else None
+
+    cond = eventually("Started=False, ServiceAccountNotFound", waiting_condition, wait)
+    assert cond is not None
+    assert cond["status"] == "False" and "ghost" in cond["message"], cond
     ex = wait_phase("ghost-sa-1", namespace, TERMINAL, timeout=wait + 30)
     elapsed = time.monotonic() - started
     assert ex["status"]["phase"] == "Failed", ex["status"]
@@ -319,18 +322,14 @@ def test_a_forged_pod_name_does_not_get_an_app_pod_deleted(
     else:
         # The forgery itself was refused (e.g. an admission policy): the flow failed on it.
         assert ex["status"]["phase"] == "Failed", ex["status"]
+
     # The attacker's own Pod does not outlive its Execution.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def own_pod_stopped() -> bool:
         own = kubectl("get", "pod", "deputy-1-a1", "-n", namespace, "-o", "json", check=False)
         if own.returncode != 0:
-            break
+            return True
         body = json.loads(own.stdout)
-        if body["metadata"].get("deletionTimestamp") or body["status"]["phase"] in (
-            "Succeeded",
-            "Failed",
-        ):
-            break
-        time.sleep(1)
-    else:
-        pytest.fail("the attacker's runner Pod kept running after its Execution ended")
+        ended = body["status"].get("phase") in ("Succeeded", "Failed")
+        return bool(body["metadata"].get("deletionTimestamp")) or ended
+
+    eventually("the attacker's runner Pod to stop", own_pod_stopped, timeout=60, every=1)

@@ -33,6 +33,7 @@ Cloudomation                               Kumulus
 
 from kumulus.runner.engine import ReturnWhen
 from kumulus.runner.errors import (
+    ChildNameTaken,
     CloudomationException,
     DependencyFailedError,
     DependencyTimeoutError,
@@ -54,6 +55,7 @@ from kumulus.runner.system import ConnectionRecord, FlowRecord, System
 return_when = ReturnWhen
 
 __all__ = [
+    "ChildNameTaken",
     "CloudomationException",
     "ConnectionRecord",
     "DependencyFailedError",

@@ -19,7 +19,12 @@ pytestmark = pytest.mark.unit
 
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings(pod_start_deadline_seconds=120)
-FLOW = {"metadata": {"name": "f", "generation": 1}, "spec": {"code": "def handler(s, t): pass"}}
+FLOW = {
+    "metadata": {"name": "f", "generation": 1},
+    "spec": {"code": "def handler(s, t): pass"},
+    "status": {"observedGeneration": 1, "codeHash": "sha256:" + "0" * 64},
+}
+UNCHECKED_FLOW = {"metadata": {"name": "f", "generation": 2}, "spec": FLOW["spec"]}
 BUSYBOX_FLOW = {**FLOW, "spec": {**FLOW["spec"], "image": "busybox:latest"}}
 
 
@@ -49,6 +54,22 @@ def sa_waited(seconds: float) -> dict[str, Any]:
                 "status": "False",
                 "reason": "ServiceAccountNotFound",
                 "message": "Waiting for ServiceAccount nope to exist.",
+                "lastTransitionTime": ts(seconds),
+            }
+        ],
+    }
+
+
+def flow_checked_waited(seconds: float) -> dict[str, Any]:
+    """An unstarted Execution's status after waiting ``seconds`` for its Flow's code check."""
+    return {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "Started",
+                "status": "False",
+                "reason": "FlowNotChecked",
+                "message": "Waiting for the operator to check the code of Flow f.",
                 "lastTransitionTime": ts(seconds),
             }
         ],
@@ -445,9 +466,9 @@ def test_cancel_during_retry_backoff() -> None:
 
 def test_cancel_running_deletes_pod_and_cancels_children() -> None:
     children = [
-        lc.ChildView("c1", "FLOW", "Running", "Running"),
-        lc.ChildView("c2", "FLOW", "Succeeded", "Running"),
-        lc.ChildView("c3", "SCRIPT", "Pending", "Cancelled"),
+        lc.ChildView("c1", "FLOW", "Running", "Running", "u"),
+        lc.ChildView("c2", "FLOW", "Succeeded", "Running", "u"),
+        lc.ChildView("c3", "SCRIPT", "Pending", "Cancelled", "u"),
     ]
     ex = exe(started("Running"), desiredState="Cancelled")
     actions = decide(ex, pod("Running"), children)
@@ -475,8 +496,8 @@ def test_children_summary_is_patched_when_it_changes() -> None:
     status = started("Running", runner={"attempt": 1, "state": "waiting"})
     status["phase"] = "Waiting"
     children = [
-        lc.ChildView("b", "SCRIPT", "Running", "Running"),
-        lc.ChildView("a", "FLOW", "Pending", "Running"),
+        lc.ChildView("b", "SCRIPT", "Running", "Running", "u"),
+        lc.ChildView("a", "FLOW", "Pending", "Running", "u"),
     ]
     actions = decide(exe(status), pod("Running"), children)
     assert status_patch(actions) == {
@@ -490,11 +511,58 @@ def test_children_summary_is_patched_when_it_changes() -> None:
 
 
 def test_children_summary_rides_along_a_transition() -> None:
-    children = [lc.ChildView("a", "FLOW", "Succeeded", "Running")]
+    children = [lc.ChildView("a", "FLOW", "Succeeded", "Running", "u")]
     actions = decide(exe(started("Running")), pod("Succeeded", exit_code=0), children)
     patch = status_patch(actions)
     assert patch["phase"] == "Succeeded"
     assert patch["children"] == [{"name": "a", "type": "FLOW", "phase": "Succeeded"}]
+
+
+def test_children_the_execution_does_not_control_are_ignored() -> None:
+    # Anyone who may create Executions can name one like a child and label it as one; only an
+    # ownerReference to the parent's uid as controller makes it a child.
+    ours = lc.ChildView.from_dict(
+        {
+            "metadata": {
+                "name": "ex-1-1",
+                "ownerReferences": [{"kind": "Execution", "uid": "u", "controller": True}],
+            },
+            "status": {"phase": "Running"},
+        }
+    )
+    squatter = lc.ChildView.from_dict(
+        {"metadata": {"name": "ex-1-2", "labels": {"kumulus.dev/parent": "ex"}}}
+    )
+    claims_name_only = lc.ChildView.from_dict(
+        {
+            "metadata": {
+                "name": "ex-1-3",
+                "ownerReferences": [
+                    {"kind": "Execution", "name": "ex", "uid": "other", "controller": True}
+                ],
+            }
+        }
+    )
+    not_controller = lc.ChildView.from_dict(
+        {"metadata": {"name": "ex-1-4", "ownerReferences": [{"kind": "Execution", "uid": "u"}]}}
+    )
+    assert ours.owner_uid == "u" and squatter.owner_uid == ""
+    children = [ours, squatter, claims_name_only, not_controller]
+    assert lc.owned_children(exe(), children) == [ours]
+    # Cancelling the parent cancels only its own children ...
+    ex = exe(started("Running"), desiredState="Cancelled")
+    assert of(decide(ex, pod("Running"), children), lc.PatchChild) == [
+        lc.PatchChild("ex-1-1", {"desiredState": "Cancelled"})
+    ]
+    # ... and only they appear in status.children.
+    status = started("Running", runner={"attempt": 1, "state": "running"})
+    status["phase"] = "Running"
+    patch = status_patch(decide(exe(status), pod("Running"), children))
+    assert patch == {"children": [{"name": "ex-1-1", "type": "FLOW", "phase": "Running"}]}
+    # An Execution without a uid controls nothing.
+    no_uid = exe()
+    del no_uid["metadata"]["uid"]
+    assert lc.owned_children(no_uid, [lc.ChildView("x", "FLOW", "Running", "Running", "")]) == []
 
 
 def test_ttl_waits_then_deletes() -> None:
@@ -554,6 +622,8 @@ def _scenarios() -> dict[str, tuple[dict[str, Any], PodView | None, dict[str, An
         "flow-wait": (old_exe(1), None, None),
         "flow-not-found": (old_exe(61), None, None),
         "flow-not-ready": (exe(), None, bad_flow),
+        "flow-check-wait": (exe(), None, UNCHECKED_FLOW),
+        "flow-not-checked": (exe(flow_checked_waited(61)), None, UNCHECKED_FLOW),
         "start": (exe(), None, FLOW),
         "hold": (exe(run=False), None, FLOW),
         "pod-pending": (exe(started()), pod("Pending"), FLOW),
@@ -634,6 +704,8 @@ def _grid() -> Iterator[
         ({"run": False}, FLOW, {}, SETTINGS, 5, None),
         ({"inputs": {}}, schema_flow, {}, SETTINGS, 5, None),
         ({}, bad_flow, {}, SETTINGS, 5, None),
+        ({}, UNCHECKED_FLOW, {}, SETTINGS, 5, None),
+        ({}, UNCHECKED_FLOW, flow_checked_waited(61), SETTINGS, 5, None),
         ({}, None, {}, SETTINGS, 5, None),
         ({}, None, {}, SETTINGS, 600, None),
         ({"type": "SCRIPT", "flowRef": None, "script": "x"}, None, {}, SETTINGS, 5, None),

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from kumulus.domain import schedule as sch
 from kumulus.domain.cron import CronSchedule
 from kumulus.domain.schedule import (
     ANNOTATION_CATCH_UP,
@@ -436,3 +437,52 @@ def test_schedules_in_a_dst_zone_decide_in_utc() -> None:
     )
     assert [f.instant for f in d.fire] == [gap]
     assert d.wake_at == datetime(2024, 4, 1, 0, 30, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- taken run names
+
+
+def test_only_an_execution_controlled_by_the_schedule_uid_is_its_run() -> None:
+    def ex(**ref: object) -> dict[str, object]:
+        owner = {"kind": "Schedule", "name": "s", "uid": "u1", "controller": True, **ref}
+        return {"metadata": {"name": "s-1", "ownerReferences": [owner]}}
+
+    assert sch.owns_run(ex(), "u1")
+    assert not sch.owns_run(ex(uid="other"), "u1")  # the Schedule's name, another uid
+    assert not sch.owns_run(ex(controller=False), "u1")
+    assert not sch.owns_run(ex(kind="Execution"), "u1")
+    assert not sch.owns_run({"metadata": {"name": "s-1"}}, "u1")
+    assert not sch.owns_run(ex(uid=""), "")
+
+
+def test_fire_results_drop_taken_runs_and_set_run_started() -> None:
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    status = {
+        "active": [{"name": "s-1"}, {"name": "s-2"}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Scheduled"}],
+        "lastScheduleTime": "2024-01-01T00:00:02Z",
+    }
+    taken = sch.with_fire_results(
+        status, started=0, taken=[("s-2", "name taken")], now=now, generation=3
+    )
+    assert taken["active"] == [{"name": "s-1"}]
+    assert taken["lastScheduleTime"] == "2024-01-01T00:00:02Z"  # decided, not tried again
+    cond = {c["type"]: c for c in taken["conditions"]}
+    assert cond["Ready"]["status"] == "True"
+    assert (cond["RunStarted"]["status"], cond["RunStarted"]["reason"]) == (
+        "False",
+        "RunNameTaken",
+    )
+    assert cond["RunStarted"]["message"] == "name taken"
+    assert cond["RunStarted"]["observedGeneration"] == 3
+    # Only a taken run: nothing active is left.
+    only = sch.with_fire_results(
+        {"active": [{"name": "s-2"}]}, started=0, taken=[("s-2", "x")], now=now, generation=1
+    )
+    assert only["active"] is None
+    # A later round that starts a run sets it back; a round that fires nothing keeps it.
+    fixed = sch.with_fire_results(taken, started=1, taken=[], now=now, generation=3)
+    assert {c["type"]: c["status"] for c in fixed["conditions"]}["RunStarted"] == "True"
+    assert sch.with_fire_results(taken, started=0, taken=[], now=now, generation=3) == taken
+    message = sch.run_name_taken_message("s", "s-1704067205", now)
+    assert "s-1704067205" in message and "2024-01-01T00:00:00Z" in message

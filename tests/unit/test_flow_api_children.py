@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kumulus.runner.client import ApiRequestError
-from kumulus.runner.engine import ReturnWhen, evaluate_wait
+from kumulus.runner.engine import Engine, ReturnWhen, evaluate_wait, owned_child
 from kumulus.runner.fake import FakeClient
 from kumulus.runner.main import run
 
@@ -230,30 +230,114 @@ def test_first_ended_returns_the_ended_children(fake: FakeClient) -> None:
     assert status["runner"]["result"]["message"] == "parent-1-2"
 
 
+OURS = {"kind": "Execution", "name": "parent", "uid": "uid-parent", "controller": True}
+
+
+def squat(fake: FakeClient, owners: list[dict[str, Any]], labels: dict[str, str] | None) -> None:
+    """Pre-create the parent's first child name with a forged, finished status."""
+    meta: dict[str, Any] = {"name": "parent-1-1", "namespace": "default", "uid": "uid-squat"}
+    if owners:
+        meta["ownerReferences"] = owners
+    if labels is not None:
+        meta["labels"] = labels
+    fake.executions["parent-1-1"] = {
+        "metadata": meta,
+        "spec": {"type": "FLOW", "flowRef": {"name": "child"}},
+        "status": {"phase": "Succeeded", "outputs": {"forged": True}},
+    }
+
+
+ADOPT = (
+    "def handler(system, this):\n    this.success(str(this.flow('child').get('output_value')))\n"
+)
+
+
 def test_existing_child_of_ours_is_adopted(fake: FakeClient) -> None:
     fake.on_create = None
-    fake.executions["parent-1-1"] = {
-        "metadata": {"name": "parent-1-1", "ownerReferences": [{"uid": "uid-parent"}]},
-        "spec": {"type": "FLOW", "flowRef": {"name": "child"}},
-        "status": {"phase": "Succeeded", "outputs": {"old": True}},
-    }
+    squat(fake, [OURS], {"kumulus.dev/parent": "parent"})
+    rc, status = run_parent(fake, ADOPT)
+    assert rc == 0, status["runner"]["result"]
+    assert status["runner"]["result"]["message"] == "{'forged': True}"
+
+
+@pytest.mark.parametrize(
+    ("owners", "labels"),
+    [
+        ([], {"kumulus.dev/parent": "parent"}),  # only the label
+        ([{**OURS, "uid": "someone-else"}], {"kumulus.dev/parent": "parent"}),  # our name only
+        ([{**OURS, "controller": False}], {"kumulus.dev/parent": "parent"}),  # not controller
+        ([{**OURS, "kind": "Schedule"}], {"kumulus.dev/parent": "parent"}),  # another kind
+        ([OURS], None),  # no parent label
+        ([OURS], {"kumulus.dev/parent": "other"}),  # another parent's label
+    ],
+    ids=["label-only", "other-uid", "not-controller", "other-kind", "no-label", "other-label"],
+)
+def test_a_squatted_child_name_is_not_adopted(
+    fake: FakeClient, owners: list[dict[str, Any]], labels: dict[str, str] | None
+) -> None:
+    fake.on_create = None
+    squat(fake, owners, labels)
+    before = dict(fake.executions["parent-1-1"])
     rc, status = run_parent(
         fake,
+        "import flow_api\n"
         "def handler(system, this):\n"
-        "    this.success(str(this.flow('child').get('output_value')))\n",
+        "    try:\n"
+        "        child = this.flow('child')\n"
+        "    except flow_api.ChildNameTaken as exc:\n"
+        "        this.error('refused: ' + str(exc))\n"
+        "    this.success(str(child.get('output_value')))\n",
     )
-    assert rc == 0, status["runner"]["result"]
-    assert status["runner"]["result"]["message"] == "{'old': True}"
+    assert rc == 1, status["runner"]["result"]
+    message = status["runner"]["result"]["message"]
+    assert message.startswith("refused: The child name default/parent-1-1 is taken"), message
+    assert "does not own" in message and "forged" not in message
+    # Nothing was adopted, nothing was patched: the squatter is as it was.
+    assert fake.executions["parent-1-1"] == before
+    assert not [c for c in fake.calls if c[0] == "patch_execution" and c[1] == "parent-1-1"]
 
 
-def test_existing_foreign_execution_is_not_adopted(fake: FakeClient) -> None:
-    fake.executions["parent-1-1"] = {
-        "metadata": {"name": "parent-1-1", "ownerReferences": [{"uid": "someone-else"}]},
-        "spec": {"type": "FLOW"},
-    }
+def test_an_uncaught_squatted_name_fails_the_parent_with_the_reason(fake: FakeClient) -> None:
+    fake.on_create = None
+    squat(fake, [], {"kumulus.dev/parent": "parent"})
     rc, status = run_parent(fake, "def handler(system, this):\n    this.flow('child')\n")
     assert rc == 1
-    assert "is not a child of" in status["runner"]["result"]["message"]
+    assert "ChildNameTaken" in status["runner"]["result"]["message"]
+
+
+def test_the_children_watch_ignores_objects_the_parent_does_not_control() -> None:
+    # The watch selects by the parent label, which anyone may set: a forged object (even one
+    # that takes a deleted child's name) must never become the child the flow reads.
+    fake = FakeClient()
+    engine = Engine(fake, fake.add_execution("parent", {"type": "FLOW"}), attempt=1)
+    real = {
+        "metadata": {
+            "name": "parent-1-1",
+            "labels": {"kumulus.dev/parent": "parent"},
+            "ownerReferences": [OURS],
+            "resourceVersion": "5",
+        },
+        "status": {"phase": "Running"},
+    }
+    forged = {
+        "metadata": {
+            "name": "parent-1-1",
+            "labels": {"kumulus.dev/parent": "parent"},
+            "ownerReferences": [{**OURS, "uid": "uid-squat"}],
+            "resourceVersion": "7",
+        },
+        "status": {"phase": "Succeeded", "outputs": {"forged": True}},
+    }
+    engine._on_child("ADDED", real)
+    engine._on_child("MODIFIED", forged)
+    assert engine.cached_child("parent-1-1") == real
+    engine._on_child("DELETED", real)
+    engine._on_child("ADDED", forged)
+    assert "parent-1-1" in engine._deleted  # the real child is gone; the squatter is not it
+    engine._on_child("ADDED", {**forged, "metadata": {**forged["metadata"], "name": "p-x"}})
+    assert engine.cached_child("p-x") is None
+    assert owned_child(real, "parent", "uid-parent")
+    assert not owned_child(real, "parent", None)
 
 
 def test_connect_task_and_script_children(fake: FakeClient) -> None:

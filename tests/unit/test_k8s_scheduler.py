@@ -27,6 +27,7 @@ class FakeApi:
         self.patches: list[dict[str, Any]] = []
         self.conflict_next = False
         self.taken: set[str] = set()  # names another operator process created first
+        self.squatted: dict[str, dict[str, Any]] = {}  # names taken by objects we do not own
 
     async def get_schedule(self, namespace: str, name: str) -> dict[str, Any]:
         return self.body
@@ -36,10 +37,18 @@ class FakeApi:
 
     async def create_execution(self, manifest: Mapping[str, Any]) -> bool:
         name = manifest["metadata"]["name"]
-        if name in self.executions or name in self.taken:
+        if name in self.executions or name in self.taken or name in self.squatted:
             return False
         self.executions[name] = dict(manifest)
         return True
+
+    async def get_execution(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if name in self.squatted:
+            return self.squatted[name]
+        if name in self.taken:  # created by another process of this operator: ours
+            owner = {"kind": "Schedule", "name": "s", "uid": "u1", "controller": True}
+            return {"metadata": {"name": name, "ownerReferences": [owner]}}
+        return self.executions.get(name)
 
     async def patch_schedule_status(
         self, namespace: str, name: str, rv: str | None, status: Mapping[str, Any]
@@ -87,6 +96,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
         "get_schedule",
         "list_runs",
         "create_execution",
+        "get_execution",
         "patch_schedule_status",
         "cancel_execution",
         "delete_execution",
@@ -128,6 +138,53 @@ async def test_an_instant_another_process_created_is_not_reported_as_started(
     clock.at = T0 + timedelta(seconds=5.01)
     await loop.round()
     assert api.executions == {} and api.events == []
+
+
+def squatter(name: str, instant: int, owner_uid: str | None) -> dict[str, Any]:
+    """An Execution someone created first under a run's name, with the Schedule's labels."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {"kumulus.dev/schedule": "s", "kumulus.dev/scheduled-time": str(instant)},
+    }
+    if owner_uid is not None:
+        meta["ownerReferences"] = [
+            {"kind": "Schedule", "name": "s", "uid": owner_uid, "controller": True}
+        ]
+    return {"metadata": meta, "spec": {"run": False}, "status": {"phase": "Pending"}}
+
+
+@pytest.mark.parametrize("owner_uid", [None, "someone-else"], ids=["no-owner", "other-uid"])
+async def test_a_run_name_taken_by_a_foreign_execution_is_reported_never_skipped_silently(
+    api: FakeApi, owner_uid: str | None
+) -> None:
+    api.body["spec"]["concurrencyPolicy"] = "Forbid"
+    clock = Clock(T0 + timedelta(seconds=0.2))
+    loop = ScheduleLoop(("ns", "s"), api.body, clock)
+    await loop.round()
+    foreign = squatter("s-1704067205", 1704067205, owner_uid)
+    api.squatted["s-1704067205"] = foreign
+    clock.at = T0 + timedelta(seconds=5.01)
+    await loop.round()
+    # A Warning Event naming the taken run, and the RunStarted condition says so.
+    assert [(e[0], e[1]) for e in api.events] == [("Warning", "RunNameTaken")]
+    assert "s-1704067205" in api.events[0][2] and "2024-01-01T00:00:05Z" in api.events[0][2]
+    status = api.body["status"]
+    cond = next(c for c in status["conditions"] if c["type"] == "RunStarted")
+    assert (cond["status"], cond["reason"]) == ("False", "RunNameTaken")
+    assert "s-1704067205" in cond["message"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    # The foreign object is not counted as a run: not active, and Forbid does not wait for it.
+    assert status.get("active") is None
+    api.executions["s-1704067205"] = foreign  # now also listed by label, like the real API
+    clock.at = T0 + timedelta(seconds=10.01)
+    await loop.round()
+    assert "s-1704067210" in api.executions
+    assert api.executions["s-1704067205"] is foreign and foreign["spec"] == {"run": False}
+    cond = next(c for c in api.body["status"]["conditions"] if c["type"] == "RunStarted")
+    assert (cond["status"], cond["reason"]) == ("True", "Started")
+    assert api.body["status"]["active"] == [{"name": "s-1704067210"}]
+    assert [e[1] for e in api.events] == ["RunNameTaken", "Started"]
 
 
 async def test_a_conflicting_status_write_runs_the_round_again(api: FakeApi) -> None:

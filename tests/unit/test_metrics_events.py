@@ -18,7 +18,12 @@ from kumulus.domain.settings import Settings
 pytestmark = pytest.mark.unit
 
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
-FLOW = {"metadata": {"name": "f", "generation": 1}, "spec": {"code": "def handler(s, t): pass"}}
+FLOW = {
+    "metadata": {"name": "f", "generation": 1},
+    "spec": {"code": "def handler(s, t): pass"},
+    "status": {"observedGeneration": 1, "codeHash": "sha256:" + "0" * 64},
+}
+UNCHECKED_FLOW = {"metadata": {"name": "f", "generation": 2}, "spec": FLOW["spec"]}
 
 
 def exe(status: dict[str, Any] | None = None, created_ago: float = 5, **spec: Any) -> dict:
@@ -128,6 +133,34 @@ CASES: list[tuple[str, dict[str, Any], PodView | None, dict[str, Any] | None, st
         None,
         FLOW,
         "service-account-not-found",
+        "Failed",
+    ),
+    (
+        "flow not checked yet",
+        exe(),
+        None,
+        UNCHECKED_FLOW,
+        "flow-check-wait",
+        "FlowNotChecked",
+    ),
+    (
+        "flow never checked",
+        exe(
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "Started",
+                        "status": "False",
+                        "reason": "FlowNotChecked",
+                        "lastTransitionTime": "2025-01-01T11:50:00Z",
+                    }
+                ],
+            }
+        ),
+        None,
+        UNCHECKED_FLOW,
+        "flow-not-checked",
         "Failed",
     ),
     (

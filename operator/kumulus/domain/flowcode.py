@@ -1,7 +1,8 @@
 """Checks of a Flow's code: does it compile, and does it define its handler?
 
 The Flow handler sets the Flow's ``Ready`` condition from :func:`check_code`, so a syntax error
-shows up on the Flow (with its line) before any Execution runs it.
+shows up on the Flow (with its line) before any Execution runs it, and records the code's hash
+(:func:`code_hash`) in ``status.codeHash``: the only code its runner Pods will run.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +27,23 @@ class CodeCheck:
 def code_hash(code: str) -> str:
     """Stable hash of flow code (``sha256:<hex>``), recorded as ``status.codeHash``."""
     return "sha256:" + hashlib.sha256(code.encode()).hexdigest()
+
+
+def checked_hash(flow: Mapping[str, Any] | None) -> str | None:
+    """The hash of the code the operator checked for the Flow's current spec, if any.
+
+    ``status.codeHash`` counts only when the status is for the Flow's current generation and
+    the code was found (a spec edited since, or a Flow not checked yet, has no checked hash).
+    Runner Pods get it as ``KUMULUS_CODE_HASH`` and refuse other code (``CodeChanged``).
+    """
+    if flow is None:
+        return None
+    meta = flow.get("metadata") or {}
+    status = flow.get("status") or {}
+    digest = status.get("codeHash")
+    if not digest or status.get("observedGeneration") != meta.get("generation"):
+        return None
+    return str(digest)
 
 
 def check_code(code: str, handler: str = "handler", filename: str = "<flow>") -> CodeCheck:

@@ -25,7 +25,7 @@ from typing import Any
 
 import jsonschema
 
-from kumulus.domain import backoff, naming, outputs, podspec
+from kumulus.domain import backoff, flowcode, naming, outputs, podspec
 from kumulus.domain.outcome import Outcome, PodView, pod_outcome, start_problem
 from kumulus.domain.settings import Settings
 from kumulus.domain.timeutil import format_time, parse_time
@@ -132,6 +132,8 @@ class ChildView:
     type: str
     phase: str
     desired_state: str
+    owner_uid: str = ""
+    """The uid of the Execution that controls the child (its ownerReferences; "" if none)."""
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> ChildView:
@@ -141,7 +143,19 @@ class ChildView:
             type=normalise_type(spec.get("type")),
             phase=str((body.get("status") or {}).get("phase") or PENDING),
             desired_state=str(spec.get("desiredState") or "Running"),
+            owner_uid=podspec.controller_uid(body),
         )
+
+
+def owned_children(execution: Mapping[str, Any], children: Sequence[ChildView]) -> list[ChildView]:
+    """The children ``execution`` controls (ownerReference to its uid, ``controller: true``).
+
+    Children are found by name prefix and the ``kumulus.dev/parent`` label, both of which anyone
+    who may create Executions can forge: an Execution that only claims to be a child is left out
+    of ``status.children`` and is never cancelled with the parent.
+    """
+    uid = str((execution.get("metadata") or {}).get("uid") or "")
+    return [c for c in children if uid and c.owner_uid == uid]
 
 
 def normalise_type(value: object) -> str:
@@ -348,6 +362,30 @@ class Ctx:
             if cond.get("type") == "Ready" and cond.get("status") == "False":
                 return str(cond.get("message") or cond.get("reason") or "Flow is not ready.")
         return None
+
+    @property
+    def flow_unchecked(self) -> bool:
+        """The Flow exists but its code has no checked hash for its current spec (yet).
+
+        Its runner Pod gets the hash the operator recorded (``KUMULUS_CODE_HASH``) and runs
+        only that code, so the Execution waits until the operator has checked the Flow.
+        """
+        return (
+            self.type == "FLOW" and self.flow is not None and not flowcode.checked_hash(self.flow)
+        )
+
+    @property
+    def flow_check_wait_left(self) -> float:
+        """Seconds this Execution may still wait for its Flow to be checked (0 when over).
+
+        The wait starts when the ``Started`` condition first says FlowNotChecked.
+        """
+        since = self.now
+        for cond in self.status.get("conditions") or []:
+            if cond.get("type") == "Started" and cond.get("reason") == "FlowNotChecked":
+                since = parse_time(cond.get("lastTransitionTime")) or self.now
+        waited = (self.now - since).total_seconds()
+        return max(self.settings.flow_wait_seconds - waited, 0.0)
 
     @property
     def flow_wait_left(self) -> float:
@@ -647,6 +685,49 @@ def _flow_not_ready(ctx: Ctx) -> list[Action]:
     return _finish(ctx, FAILED, "FlowNotReady", f"Flow {flow} is not ready: {ctx.flow_not_ready}")
 
 
+FLOW_CHECK_RETRY_SECONDS = 1.0
+"""How often an Execution waiting for its Flow's check looks again."""
+
+
+def _flow_check_wait(ctx: Ctx) -> list[Action]:
+    flow = (ctx.spec.get("flowRef") or {}).get("name")
+    wait = ctx.settings.flow_wait_seconds
+    message = (
+        f"Waiting for the operator to check the code of Flow {flow} "
+        f"(fails after {wait}s without a check)."
+    )
+    actions: list[Action] = []
+    if _started_reason(ctx) != "FlowNotChecked":
+        conditions = _conditions(ctx, ("Started", False, "FlowNotChecked", message))
+        for cond in conditions:
+            if cond["type"] == "Started":
+                cond["lastTransitionTime"] = format_time(ctx.now)  # the wait starts now
+        actions.append(
+            PatchStatus(
+                {
+                    "phase": PENDING,
+                    "statusMessage": message,
+                    "observedGeneration": _generation(ctx),
+                    "conditions": conditions,
+                }
+            )
+        )
+        actions.append(EmitEvent("Normal", "FlowNotChecked", f"Execution {ctx.name}: {message}"))
+    actions.append(Requeue(min(FLOW_CHECK_RETRY_SECONDS, max(ctx.flow_check_wait_left, 0.1))))
+    return actions
+
+
+def _flow_not_checked(ctx: Ctx) -> list[Action]:
+    flow = (ctx.spec.get("flowRef") or {}).get("name")
+    return _finish(
+        ctx,
+        FAILED,
+        "FlowNotChecked",
+        f"The operator did not check the code of Flow {flow} for its current spec "
+        f"(no status.codeHash for its generation after {ctx.settings.flow_wait_seconds}s).",
+    )
+
+
 def _image_not_allowed(ctx: Ctx) -> list[Action]:
     return _finish(ctx, FAILED, "ImageNotAllowed", str(ctx.image_refusal))
 
@@ -943,6 +1024,21 @@ TRANSITIONS: tuple[Transition, ...] = (
         lambda c: c.wants_start and c.attempts == 0 and c.flow_not_ready is not None,
         _flow_not_ready,
     ),
+    # The Pod runs only the code the operator checked (its hash): wait for the check.
+    _t(
+        "flow-check-wait",
+        UNSTARTED,
+        _to(PENDING),
+        lambda c: c.wants_start and c.flow_unchecked and c.flow_check_wait_left > 0,
+        _flow_check_wait,
+    ),
+    _t(
+        "flow-not-checked",
+        UNSTARTED,
+        _to(FAILED),
+        lambda c: c.wants_start and c.flow_unchecked,
+        _flow_not_checked,
+    ),
     # The last Pod create was refused: its ServiceAccount does not exist (yet).
     _t(
         "service-account-wait",
@@ -1056,13 +1152,15 @@ def decide(
 
     ``pod`` is the Pod of the current attempt (``status.podName``), ``None`` if there is none
     (the caller must have confirmed a missing Pod with the API server, not only a cache).
-    ``flow`` is the referenced Flow (``None`` if missing or not a FLOW).
-    ``missing_service_account`` names the ServiceAccount the API server just refused to create
-    the attempt's Pod for because it does not exist (the engine tries the create again after
-    each decision that waits, so the fact is always fresh). Raises
+    ``flow`` is the referenced Flow (``None`` if missing or not a FLOW). ``children`` may
+    hold anything that claims to be a child; only those it controls count
+    (:func:`owned_children`). ``missing_service_account`` names the ServiceAccount the API
+    server just refused to create the attempt's Pod for because it does not exist (the engine
+    tries the create again after each decision that waits, so the fact is always fresh). Raises
     :class:`IllegalTransition` (and asks for nothing) if the rule that fired would write a phase
     the table does not list for it.
     """
+    children = owned_children(execution, children)
     ctx = Ctx(execution, pod, children, flow, now, settings or Settings(), missing_service_account)
     transition = select(ctx)
     actions = transition.effect(ctx) if transition is not None else []

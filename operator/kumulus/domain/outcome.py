@@ -96,7 +96,16 @@ class Outcome:
         return self.phase == "Failed" and self.reason not in _PERMANENT
 
 
-_PERMANENT = frozenset({"RunnerError", "OutputTooLarge", "StartError"})
+_PERMANENT = frozenset({"RunnerError", "OutputTooLarge", "StartError", "CodeChanged"})
+
+RUNNER_REASONS = frozenset({"CodeChanged"})
+"""Reasons the runner may give for not starting (``status.runner.result.reason``, exit code 2)
+that the operator takes as the Execution's reason; any other exit 2 is ``RunnerError``."""
+
+
+def _runner_reason(runner: Mapping[str, Any] | None) -> str:
+    reason = str(((runner or {}).get("result") or {}).get("reason") or "")
+    return reason if reason in RUNNER_REASONS else "RunnerError"
 
 
 def _result_message(runner: Mapping[str, Any] | None, default: str) -> str:
@@ -138,7 +147,9 @@ def pod_outcome(
         return Outcome("Failed", "FlowError", _result_message(runner, "Flow ended with an error."))
     if code == EXIT_RUNNER_ERROR:
         return Outcome(
-            "Failed", "RunnerError", _result_message(runner, "Runner could not start the flow.")
+            "Failed",
+            _runner_reason(runner),
+            _result_message(runner, "Runner could not start the flow."),
         )
     if code == EXIT_CANCELLED:
         return Outcome("Cancelled", "EndedCancelled", _result_message(runner, "Flow cancelled."))

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from kumulus.domain import naming
+from kumulus.domain import flowcode, naming
 from kumulus.domain.settings import Settings
 
 API_VERSION = "kumulus.dev/v1alpha1"
@@ -29,6 +29,7 @@ RESERVED_ENV = (
     "KUMULUS_NAMESPACE",
     "KUMULUS_ATTEMPT",
     "KUMULUS_OUTPUT_LIMIT_BYTES",
+    "KUMULUS_CODE_HASH",
 )
 RUNNER_UID = 10001
 """User and group of the runner image (``runner-image/Dockerfile``: ``USER 10001:10001``)."""
@@ -224,6 +225,10 @@ def build_pod(
         {"name": "KUMULUS_ATTEMPT", "value": str(attempt)},
         {"name": "KUMULUS_OUTPUT_LIMIT_BYTES", "value": str(settings.output_limit_bytes)},
     ]
+    is_flow = str(spec.get("type") or "FLOW").upper() == "FLOW"
+    code_hash = flowcode.checked_hash(flow) if is_flow else None
+    if code_hash:  # the runner refuses any other code (CodeChanged)
+        env.append({"name": "KUMULUS_CODE_HASH", "value": code_hash})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image_of(flow, settings),

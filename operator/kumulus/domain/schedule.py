@@ -49,6 +49,8 @@ __all__ = [
     "LABEL_SCHEDULE",
     "LABEL_SCHEDULED_TIME",
     "NEXT_TIMES",
+    "RUN_NAME_TAKEN",
+    "RUN_STARTED",
     "Decision",
     "Fire",
     "InvalidSpec",
@@ -59,8 +61,11 @@ __all__ = [
     "execution_manifest",
     "execution_name",
     "invalid_status",
+    "owns_run",
+    "run_name_taken_message",
     "schedule_label_value",
     "sleep_seconds",
+    "with_fire_results",
 ]
 
 LABEL_SCHEDULE = "kumulus.dev/schedule"
@@ -74,6 +79,13 @@ ANNOTATION_SCHEDULED_TIME = "kumulus.dev/scheduled-time"
 
 ANNOTATION_CATCH_UP = "kumulus.dev/catch-up"
 """Annotation ``"true"`` on an Execution started late for a missed instant (catch-up)."""
+
+RUN_STARTED = "RunStarted"
+"""Condition type: whether the runs the Schedule fired last were started (``True``/``Started``)
+or one's name was taken by an Execution the Schedule does not own (``False``/RunNameTaken)."""
+
+RUN_NAME_TAKEN = "RunNameTaken"
+"""Reason of the ``RunStarted=False`` condition and of the Warning Event naming the taken run."""
 
 NEXT_TIMES = 3
 """How many upcoming instants ``status.nextScheduleTimes`` lists."""
@@ -453,6 +465,60 @@ def invalid_status(
         "conditions": conditions,
         "observedGeneration": generation,
     }
+
+
+def owns_run(body: Mapping[str, Any], schedule_uid: str) -> bool:
+    """Whether the Execution ``body`` is a run of the Schedule with ``schedule_uid``.
+
+    A run's name (``<schedule>-<unix seconds>``) and labels are predictable and anyone who may
+    create Executions can take them first; only an ownerReference to the Schedule's uid as its
+    controller (as :func:`execution_manifest` writes it) makes an Execution the Schedule's run.
+    """
+    if not schedule_uid:
+        return False
+    return any(
+        ref.get("kind") == "Schedule" and ref.get("uid") == schedule_uid and ref.get("controller")
+        for ref in (body.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
+def run_name_taken_message(schedule: str, run: str, instant: datetime) -> str:
+    """Message of the RunNameTaken Event and condition."""
+    return (
+        f"The run of {format_time(instant)} did not start: its name {run} is taken by an "
+        f"Execution that Schedule {schedule} does not own; it is not counted as a run."
+    )
+
+
+def with_fire_results(
+    status: Mapping[str, Any],
+    *,
+    started: int,
+    taken: Sequence[tuple[str, str]],
+    now: datetime,
+    generation: int | None,
+) -> dict[str, Any]:
+    """The status to write once the fired runs were created: ``taken`` (name, message) runs
+    leave ``active`` and set ``RunStarted=False``/RunNameTaken; otherwise runs that ``started``
+    set ``RunStarted=True``. A round that fired nothing keeps the condition as it was.
+
+    ``lastScheduleTime`` still counts a taken instant: it was decided (and reported), and its
+    name stays taken, so it is not tried again.
+    """
+    out = dict(status)
+    if not taken and not started:
+        return out
+    names = {name for name, _ in taken}
+    active = [a for a in status.get("active") or [] if a.get("name") not in names]
+    out["active"] = active or None
+    if taken:
+        cond = (False, RUN_NAME_TAKEN, " ".join(message for _, message in taken))
+    else:
+        cond = (True, "Started", f"Started {started} run{'s' if started != 1 else ''}.")
+    out["conditions"] = set_condition(
+        status.get("conditions") or [], RUN_STARTED, cond[0], cond[1], cond[2], generation, now
+    )
+    return out
 
 
 def execution_manifest(schedule: Mapping[str, Any], fire: Fire) -> dict[str, Any]:

@@ -108,6 +108,17 @@ class FlowKeeper(StatusKeeper):
                 "codeHash": check.code_hash,
             },
         )
+        before = str(status.get("codeHash") or "")
+        if before and check.code_hash and before != check.code_hash:
+            # Runner Pods created from now on run only the new code; say it changed.
+            message = (
+                f"Flow {name}: its code changed ({before} -> {check.code_hash}); runs started "
+                "from now on run the new code, runs started before refuse it (CodeChanged)."
+            )
+            log.info(
+                "Code of Flow %s/%s changed: %s -> %s", namespace, name, before, check.code_hash
+            )
+            await events.post_event(body, "Normal", "CodeChanged", message)
         if not ready_transition(body, check.ok, check.reason):
             return
         if check.ok:

@@ -26,6 +26,7 @@ from typing import Any
 
 from kumulus.domain.schedule import (
     COUNT_CAP,
+    RUN_NAME_TAKEN,
     Decision,
     InvalidSpec,
     Policy,
@@ -34,8 +35,11 @@ from kumulus.domain.schedule import (
     decide,
     execution_manifest,
     invalid_status,
+    owns_run,
+    run_name_taken_message,
     schedule_label_value,
     sleep_seconds,
+    with_fire_results,
 )
 from kumulus.domain.settings import Settings
 from kumulus.domain.timeutil import format_time, parse_time
@@ -246,10 +250,21 @@ class ScheduleLoop:
             await events.post_event(
                 body, "Normal", "Replaced", f"Cancelled Execution {old} to start a newer run."
             )
+        started = 0
+        taken: list[tuple[str, str]] = []
         for fire in decision.fire:
             manifest = execution_manifest(body, fire)
             ex_name = manifest["metadata"]["name"]
             created = await schedules.create_execution(manifest)
+            if not created:
+                existing = await schedules.get_execution(namespace, ex_name)
+                if existing is not None and not owns_run(existing, self.uid):
+                    message = run_name_taken_message(name, ex_name, fire.instant)
+                    taken.append((ex_name, message))
+                    log.warning("%s (Schedule %s/%s)", message, namespace, name)
+                    await events.post_event(body, "Warning", RUN_NAME_TAKEN, message)
+                    continue
+            started += 1
             lag = (self.clock() - fire.instant).total_seconds()
             when = format_time(fire.instant)
             late = "catch-up of a missed run, " if fire.catch_up else ""
@@ -278,10 +293,18 @@ class ScheduleLoop:
                     when,
                 )
         status = body.get("status") or {}
-        if _differs(status, decision.status):
+        generation = (body.get("metadata") or {}).get("generation")
+        desired = with_fire_results(
+            decision.status,
+            started=started,
+            taken=taken,
+            now=self.clock(),
+            generation=int(generation) if generation is not None else None,
+        )
+        if _differs(status, desired):
             rv = (body.get("metadata") or {}).get("resourceVersion")
             try:
-                await schedules.patch_schedule_status(namespace, name, rv, decision.status)
+                await schedules.patch_schedule_status(namespace, name, rv, desired)
             except schedules.Conflict:
                 log.info("Re-read Schedule %s/%s after a conflicting update.", namespace, name)
                 self.poke()

@@ -38,6 +38,7 @@ __all__ = [
     "cancel_execution",
     "create_execution",
     "delete_execution",
+    "get_execution",
     "get_schedule",
     "list_runs",
     "patch_schedule_status",
@@ -64,6 +65,11 @@ async def list_runs(namespace: str, label_value: str) -> list[dict[str, Any]]:
             Execution, namespace=namespace, labels={LABEL_SCHEDULE: label_value}
         )
     ]
+
+
+async def get_execution(namespace: str, name: str) -> dict[str, Any] | None:
+    """The Execution of that name (to see who owns a name that was taken), or ``None``."""
+    return await executions.get_execution(namespace, name)
 
 
 class NamespaceTerminating(RuntimeError):

@@ -20,6 +20,7 @@ from kumulus.domain.outputs import LIMIT_DEFAULT_BYTES, stored_size
 from kumulus.runner import naming, states
 from kumulus.runner.client import API_VERSION, AlreadyExistsError, ApiClient, Obj
 from kumulus.runner.errors import (
+    ChildNameTaken,
     DependencyFailedError,
     DependencyTimeoutError,
     EngineException,
@@ -72,6 +73,26 @@ def evaluate_wait(objs: Sequence[Obj | None], return_when: ReturnWhen) -> tuple[
     if return_when is ReturnWhen.ALL_ENDED:
         return len(ended) == len(objs), None
     return (bool(ended) or not objs), None
+
+
+def owned_child(obj: Obj, parent: str, parent_uid: str | None) -> bool:
+    """Whether ``obj`` is a child of the Execution ``parent`` with uid ``parent_uid``.
+
+    A child is ours only if its ownerReferences name the parent's uid as its controller and it
+    carries the parent label: the child's name is predictable and the label is writable by
+    anyone who may create Executions, so neither alone says who owns it. Without a uid (a parent
+    read without one) nothing is ours.
+    """
+    if not parent_uid:
+        return False
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if labels.get(PARENT_LABEL) != naming.label_value(parent):
+        return False
+    return any(
+        ref.get("kind") == "Execution" and ref.get("uid") == parent_uid and ref.get("controller")
+        for ref in meta.get("ownerReferences") or []
+    )
 
 
 def describe_failure(obj: Obj) -> str:
@@ -317,6 +338,16 @@ class Engine:
         name = (obj.get("metadata") or {}).get("name")
         if not name:
             return
+        if not owned_child(obj, self.name, self.uid):
+            # The parent label is forgeable: an object we do not control is not our child, its
+            # status never reaches the flow (the real child's deletion still counts).
+            log.warning(
+                "Ignored Execution %s/%s labelled as a child of %s: it does not control it.",
+                self.namespace,
+                name,
+                self.ref,
+            )
+            return
         with self._cond:
             if event == "DELETED":
                 self._deleted.add(name)
@@ -377,11 +408,12 @@ class Engine:
             )
         except AlreadyExistsError:
             obj = self.client.get_execution(name)
-            owners = (obj.get("metadata") or {}).get("ownerReferences") or []
-            if not any(o.get("uid") == self.uid for o in owners):
-                raise EngineException(
-                    f"Execution {self.namespace}/{name} exists already and is not a child of "
-                    f"Execution {self.ref}."
+            if not owned_child(obj, self.name, self.uid):
+                raise ChildNameTaken(
+                    f"The child name {self.namespace}/{name} is taken by an Execution that "
+                    f"Execution {self.ref} does not own (no controller ownerReference to its "
+                    f"uid and {PARENT_LABEL} label); nothing was adopted and no child was "
+                    "started."
                 ) from None
             log.info(
                 "Adopted existing child Execution %s/%s of %s.", self.namespace, name, self.ref

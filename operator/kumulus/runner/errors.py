@@ -25,6 +25,11 @@ class DependencyFailedError(EngineException):
         self.execution = execution
 
 
+class ChildNameTaken(EngineException):
+    """A child's deterministic name (``<execution>-<attempt>-<seq>``) is taken by an Execution
+    this one does not own: it is not adopted, and the call that would create the child fails."""
+
+
 class DependencyTimeoutError(EngineException):
     """Waiting for child executions took longer than the given timeout."""
 

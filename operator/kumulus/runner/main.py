@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from kumulus.domain import outputs
+from kumulus.domain import flowcode, outputs
 from kumulus.runner.client import ApiClient, Obj
 from kumulus.runner.engine import Engine
 from kumulus.runner.errors import (
@@ -52,7 +52,15 @@ _ending = False
 
 
 class StartError(Exception):
-    """The flow cannot start (exit code 2)."""
+    """The flow cannot start (exit code 2); ``reason`` goes to ``status.runner.result``."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+CODE_CHANGED = "CodeChanged"
+"""``status.runner.result.reason`` when the Flow's code is not the code the operator checked."""
 
 
 @dataclass
@@ -63,6 +71,7 @@ class Outcome:
     message: str | None
     exit_code: int
     traceback: str | None = None
+    reason: str | None = None
 
 
 def _on_signal(signum: int, frame: types.FrameType | None) -> None:
@@ -125,6 +134,23 @@ def load_code(client: ApiClient, execution: Obj) -> tuple[str, str, str]:
     except EngineException as exc:
         raise StartError(str(exc)) from None
     return code, f"<flow {flow_name}>", str((flow.get("spec") or {}).get("handler") or "handler")
+
+
+def check_code_hash(code: str, expected: str | None, filename: str) -> None:
+    """Refuse code other than what the operator checked (``KUMULUS_CODE_HASH``) with
+    :data:`CODE_CHANGED`: e.g. a ``codeFrom`` ConfigMap patched after the Flow was Ready.
+    Without an expected hash (a SCRIPT, or a runner started by hand) nothing is compared."""
+    if not expected:
+        return
+    found = flowcode.code_hash(code)
+    if found == expected:
+        return
+    raise StartError(
+        f"The code of {filename} changed after the operator checked it (the operator checked "
+        f"{expected}, the runner read {found}); it did not run. Run it again once the operator "
+        "has checked the Flow again (its status.codeHash shows the new hash).",
+        reason=CODE_CHANGED,
+    )
 
 
 def compile_handler(code: str, filename: str, handler_name: str) -> Callable[..., Any]:
@@ -219,14 +245,17 @@ def run(
 
     engine = Engine(client, obj, attempt=attempt, output_limit=limit, watch_self=watch_self)
     locks = Locks(client, name)
+    expected_hash = env.get("KUMULUS_CODE_HASH") or None
     try:
-        outcome = _run_attempt(engine, client, obj, out, locks)
+        outcome = _run_attempt(engine, client, obj, out, locks, expected_hash)
     except Terminated:
         outcome = Outcome(ENDED_CANCELLED, "Cancelled: the runner got SIGTERM.", EXIT_CANCELLED)
     _ending = True
     locks.release_all()
     engine.stop()
     result: Obj = {"status": outcome.status, "message": outcome.message}
+    if outcome.reason:
+        result["reason"] = outcome.reason
     if outcome.traceback:
         result["traceback"] = outcome.traceback
     message = outcome.message if outcome.traceback is None else None
@@ -245,7 +274,12 @@ def run(
 
 
 def _run_attempt(
-    engine: Engine, client: ApiClient, obj: Obj, out: IO[str] | None, locks: Locks
+    engine: Engine,
+    client: ApiClient,
+    obj: Obj,
+    out: IO[str] | None,
+    locks: Locks,
+    expected_hash: str | None = None,
 ) -> Outcome:
     from kumulus.runner.execution import Execution
     from kumulus.runner.system import System
@@ -254,12 +288,15 @@ def _run_attempt(
         engine.start()
         engine.checkpoint()
         code, filename, handler_name = load_code(client, obj)
+        if (obj.get("spec") or {}).get("type", "FLOW") == "FLOW":
+            check_code_hash(code, expected_hash, filename)
         inputs = (obj.get("spec") or {}).get("inputs") or {}
         if not isinstance(inputs, dict):
             raise StartError("spec.inputs must be an object.")
     except (StartError, EngineException) as exc:
         log.error("Failed to start Execution %s: %s", engine.ref, exc)
-        return Outcome(ENDED_ERROR, str(exc), EXIT_NOT_STARTED)
+        reason = exc.reason if isinstance(exc, StartError) else None
+        return Outcome(ENDED_ERROR, str(exc), EXIT_NOT_STARTED, reason=reason)
     this = Execution(engine, obj, is_self=True)
     if out is not None:
         this.out = out

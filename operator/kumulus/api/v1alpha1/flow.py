@@ -109,7 +109,10 @@ class FlowStatus(KumulusModel):
     observed_generation: Int64 | None = observed_generation_field()
     code_hash: str | None = Field(
         None,
-        description="sha256 of the code the operator last compiled (for information).",
+        description=(
+            "sha256 of the code the operator last checked (sha256:<hex>); runner Pods run only "
+            "this code and refuse any other with reason CodeChanged."
+        ),
         max_length=128,
     )
 

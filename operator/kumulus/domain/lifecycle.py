@@ -685,7 +685,7 @@ def _flow_not_ready(ctx: Ctx) -> list[Action]:
     return _finish(ctx, FAILED, "FlowNotReady", f"Flow {flow} is not ready: {ctx.flow_not_ready}")
 
 
-FLOW_CHECK_RETRY_SECONDS = 1.0
+FLOW_CHECK_RETRY_SECONDS = 0.5
 """How often an Execution waiting for its Flow's check looks again."""
 
 

@@ -10,6 +10,11 @@ run (never a timed test). This module keeps them short and alike:
   with the benchmark's own operator process (so its CPU and memory can be read) unless
   ``--external-operator`` says one already runs there.
 * :class:`Milestones` records when each object was first seen in each state, from watches.
+* :class:`CpuMeter` and :class:`ApiMeter` say what a run cost: CPU seconds of the operator, of
+  every process of the dev cluster's real node and control plane (``cluster.json`` names
+  them), of the Pods' containers (the node's cgroup) and of containerd's shims; API requests.
+* :func:`bare_job` and :func:`bare_pod` are the baselines: the runner image running the bare
+  runner command (:data:`BARE_RUNNER_COMMAND`) through a Job, or as a Pod with no controller.
 * :func:`summary` and :func:`pct` turn samples into the figures the benchmarks print.
 * :func:`save_results` writes ``bench/results/<name>.json`` (git-ignored) with the machine's
   description, so ``docs/performance.md`` can quote figures with their conditions.
@@ -33,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -48,6 +54,9 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType  # noqa: F401 - re-exported for the benchmarks
 
 from kumulus.devcluster.dev import DevPaths, install_kumulus, start_operator, stop_operator
+from kumulus.devcluster.network import NodeNetwork
+from kumulus.devcluster.node import MAX_PODS, NodeLayout
+from kumulus.domain.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -62,10 +71,18 @@ Pod: Any = create_namespaced_resource("", "v1", "Pod", "pods")
 
 TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
 TRIVIAL_SCRIPT = "def handler(system, this):\n    return this.success('ok')\n"
-# What the baseline Jobs run: the same interpreter loading the same runner code as an
-# Execution's Pod, without the runner's API calls (those are Kumulus's cost, counted against it).
+#: The image of every benchmark Pod: the runner image an Execution's Pod runs (the operator's
+#: default, ``make images`` builds it and imports it into the dev node; never pulled).
+RUNNER_IMAGE = Settings().runner_image
+#: Pods the dev node runs at once (the kubelet's ``maxPods``: its /26 Pod range); a burst
+#: above it waits in the scheduler, for Executions, Jobs and bare Pods alike.
+NODE_MAX_PODS = MAX_PODS
+# What the baseline Jobs and bare Pods run in the runner image: the same interpreter (Debian's
+# python3 in the image's venv /opt/kumulus, first on its PATH) loading the same runner code as
+# an Execution's Pod, without the runner's API calls (those are Kumulus's cost, counted
+# against it).
 BARE_RUNNER_COMMAND = [
-    "python",
+    "python3",
     "-c",
     "import kumulus.runner.main, kumulus.runner.client, lightkube",
 ]
@@ -125,45 +142,145 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+#: The dev cluster's processes, as ``cluster.json`` names them (the launcher's start order).
 COMPONENTS = (
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
-    "node-agent",
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+    "coredns",
 )
+#: Where the kubelet puts every Pod of a node: ``/kumulus<slot>`` (kumulus.devcluster.node).
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+SHIM = "containerd-shim-runc-v2"
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """A process's own CPU seconds plus those of its reaped children (e.g. containerd's CNI
+    plugins, a shim's ``runc`` calls)."""
+    return proc_cpu_seconds(pid) + proc_cpu_seconds(pid, children=True)
+
+
+def containers_cpu_seconds(slot: int) -> float | None:
+    """CPU seconds of every container of the node so far: its Pods' cgroup tree, which keeps
+    counting the usage of Pods whose cgroups are gone (cgroup v1 charges every ancestor)."""
+    try:
+        return int((CPUACCT / f"kumulus{slot}" / "cpuacct.usage").read_text()) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def shim_cpu(socket: str) -> dict[tuple[int, str], tuple[float, float]]:
+    """CPU seconds of each live containerd shim of the node whose containerd listens on
+    ``socket``, by (pid, start time): (its own, its reaped children's). The shims are
+    re-parented to init and live outside the Pods' cgroup; their reaped children are the
+    ``runc`` calls and, as the shim is their subreaper, the containers' ended processes."""
+    found: dict[tuple[int, str], tuple[float, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if not argv or not argv[0].endswith(SHIM.encode()):
+                continue
+            if socket.encode() not in argv:
+                continue
+            pid = int(entry.name)
+            start = (entry / "stat").read_text().rsplit(")", 1)[1].split()[19]
+            found[(pid, start)] = (proc_cpu_seconds(pid), proc_cpu_seconds(pid, children=True))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+class ShimSampler:
+    """Follows the node's containerd shims once a second in a thread: a shim lives as long as
+    its Pod's sandbox, so its CPU is read while it lives (what it spends in its last second
+    before it exits is missed: a lower bound)."""
+
+    def __init__(self, socket: str, interval: float = 1.0) -> None:
+        self.socket, self.interval = socket, interval
+        self.initial = shim_cpu(socket)
+        self.latest = dict(self.initial)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="shim-sampler")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.latest.update(shim_cpu(self.socket))
+
+    def used(self) -> tuple[float, float]:
+        """CPU seconds since the sampler started: the shims' own, their reaped children's
+        (stops the sampler)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.latest.update(shim_cpu(self.socket))
+        own = children = 0.0
+        for key, (now_own, now_children) in self.latest.items():
+            was_own, was_children = self.initial.get(key, (0.0, 0.0))
+            own += now_own - was_own
+            children += now_children - was_children
+        return own, children
 
 
 class CpuMeter:
-    """CPU seconds used by the operator, each dev cluster component and the whole machine."""
+    """CPU seconds used by the operator, each dev cluster component, the node's containers and
+    shims, and the whole machine.
+
+    Each component counts with its reaped children (containerd runs the CNI plugins and each
+    shim's start-up as children). ``containers`` is the Pods' cgroup tree (``/kumulus<slot>``:
+    runner processes and sandboxes); ``containerd-shims`` (their own) and ``runc`` (the shims'
+    reaped children less the containers' processes) are sampled (:class:`ShimSampler`);
+    ``unaccounted`` is the machine's busy time not in any of them (this benchmark client, other
+    processes, the kernel's work outside these processes)."""
 
     def __init__(self, env: BenchEnv, extra: dict[str, int] | None = None) -> None:
         """``extra``: more processes to meter by name (e.g. a service the benchmark started)."""
         self.pids = {name: env.component_pid(name) for name in COMPONENTS}
         self.pids["operator"] = env.operator_pid
-        # The node agent's reaped children are the Pods' processes.
-        self.pids["pod-processes"] = self.pids["node-agent"]
         self.pids.update(extra or {})
-        self.start = {name: self._read(name, pid) for name, pid in self.pids.items()}
+        self.slot = env.slot()
+        self.start = {name: self._read(pid) for name, pid in self.pids.items()}
+        self.containers_start = None if self.slot is None else containers_cpu_seconds(self.slot)
+        socket = env.containerd_socket()
+        self.shims = ShimSampler(socket) if socket else None
         self.machine_start = machine_busy_seconds()
 
     @staticmethod
-    def _read(name: str, pid: int | None) -> float | None:
+    def _read(pid: int | None) -> float | None:
         if pid is None:
             return None
         try:
-            return proc_cpu_seconds(pid, children=name == "pod-processes")
+            return process_cpu_seconds(pid)
         except OSError:
             return None
 
     def used(self) -> dict[str, float]:
-        """CPU seconds since the meter was made, per process, and ``machine`` (all of it)."""
+        """CPU seconds since the meter was made, per process, ``containers``,
+        ``containerd-shims``, ``machine`` (all of it) and ``unaccounted``; call it once."""
         out: dict[str, float] = {}
         for name, pid in self.pids.items():
-            before, now = self.start[name], self._read(name, pid)
+            before, now = self.start[name], self._read(pid)
             if before is not None and now is not None:
                 out[name] = round(now - before, 2)
+        if self.slot is not None and self.containers_start is not None:
+            now_containers = containers_cpu_seconds(self.slot)
+            if now_containers is not None:
+                out["containers"] = round(now_containers - self.containers_start, 2)
+        if self.shims is not None:
+            own, children = self.shims.used()
+            out["containerd-shims"] = round(own, 2)
+            # The shims' reaped children are runc and the containers' processes; the latter
+            # are in ``containers`` already, so only the rest counts as runc.
+            out["runc"] = round(max(children - out.get("containers", 0.0), 0.0), 2)
         out["machine"] = round(machine_busy_seconds() - self.machine_start, 2)
+        out["unaccounted"] = round(
+            out["machine"] - sum(v for k, v in out.items() if k != "machine"), 2
+        )
         return out
 
 
@@ -309,14 +426,32 @@ class BenchEnv:
         stop_operator(DevPaths(self.state))
         self.operator_pid = start_operator(DevPaths(self.state), self.operator_env)
 
+    def _record(self) -> dict[str, Any]:
+        """The dev cluster's ``cluster.json`` beside the kubeconfig (empty if there is none)."""
+        try:
+            data: dict[str, Any] = json.loads((self.kubeconfig.parent / "cluster.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
     def component_pid(self, component: str) -> int | None:
         """Pid of a dev cluster component (``kube-controller-manager``...) if known."""
-        record = self.kubeconfig.parent / "cluster.json"
         try:
-            data = json.loads(record.read_text())
-            return int(data["components"][component]["pid"])
-        except (OSError, KeyError, ValueError):
+            return int(self._record()["components"][component]["pid"])
+        except (KeyError, TypeError, ValueError):
             return None
+
+    def slot(self) -> int | None:
+        """The dev cluster's network slot (its Pods' cgroup is ``/kumulus<slot>``) if known."""
+        slot = self._record().get("slot")
+        return int(slot) if slot is not None else None
+
+    def containerd_socket(self) -> str | None:
+        """The socket of the node's containerd (its shims name it in their command line)."""
+        slot = self.slot()
+        if slot is None:
+            return None
+        return str(NodeLayout.of(NodeNetwork(slot)).containerd_socket)
 
     def client(self) -> AsyncClient:
         return AsyncClient(
@@ -367,6 +502,16 @@ def script_execution(name: str, script: str = TRIVIAL_SCRIPT) -> dict[str, Any]:
     }
 
 
+def bare_container(command: list[str] | None = None) -> dict[str, Any]:
+    """The baseline's container: the runner image with the bare runner command."""
+    return {
+        "name": "main",
+        "image": RUNNER_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command or BARE_RUNNER_COMMAND,
+    }
+
+
 def bare_job(name: str, command: list[str] | None = None) -> dict[str, Any]:
     """The baseline: a Job whose Pod runs the bare runner command once, no retries."""
     return {
@@ -378,37 +523,39 @@ def bare_job(name: str, command: list[str] | None = None) -> dict[str, Any]:
             "template": {
                 "spec": {
                     "restartPolicy": "Never",
-                    "containers": [
-                        {
-                            "name": "main",
-                            "image": "kumulus-bench/bare-runner",
-                            "command": command or BARE_RUNNER_COMMAND,
-                        }
-                    ],
+                    "enableServiceLinks": False,
+                    "containers": [bare_container(command)],
                 }
             },
         },
     }
 
 
-def bare_pod(name: str, command: list[str] | None = None) -> dict[str, Any]:
-    """A plain Pod running the bare runner command (no controller at all)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "kumulus-bench/bare-runner",
-                    "command": command or BARE_RUNNER_COMMAND,
-                }
-            ],
-        },
+def bare_pod(name: str, command: list[str] | None = None, token: bool = True) -> dict[str, Any]:
+    """The floor: a plain Pod running the bare runner command (no controller at all).
+
+    It is the Pod a Job would make, ServiceAccount token included as an Execution's Pod has one
+    (``token=False`` leaves it out: a Pod without any API access)."""
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "containers": [bare_container(command)],
     }
+    if not token:
+        spec["automountServiceAccountToken"] = False
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+async def wait_service_account(env: BenchEnv, namespace: str, within: float = 60) -> None:
+    """Wait for a namespace's ``default`` ServiceAccount: a Pod created before it exists is
+    refused (Jobs and the operator retry; a benchmark creating bare Pods must not race it)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        out = env.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False)
+        if "default" in out:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"No ServiceAccount default in {namespace} after {within:.0f} s.")
 
 
 async def create_all(
@@ -515,8 +662,13 @@ def pod_owner(pod: dict[str, Any]) -> str:
     return str(meta.get("name"))
 
 
-def pod_milestones(marks: Milestones) -> Callable[[str, dict[str, Any]], None]:
-    """Record ``pod`` (Pod created), ``running`` and ``pod-ended`` under the Pod's owner."""
+def pod_milestones(marks: Milestones, bare: bool = False) -> Callable[[str, dict[str, Any]], None]:
+    """Record ``pod`` (Pod created), ``running`` and ``pod-ended`` under the Pod's owner.
+
+    ``running`` is the first event with phase Running, or the end when none showed it (the
+    kubelet notices a container every second, and reports a short one only once it ended);
+    ``running-seen`` only when an event showed Running. A ``bare`` Pod (no controller) is its
+    own object: its end is also ``ended`` and ``phase:<phase>``."""
 
     def on_event(event: str, pod: dict[str, Any]) -> None:
         owner = pod_owner(pod)
@@ -524,9 +676,13 @@ def pod_milestones(marks: Milestones) -> Callable[[str, dict[str, Any]], None]:
         phase = (pod.get("status") or {}).get("phase")
         if phase == "Running":
             marks.mark(owner, "running")
+            marks.mark(owner, "running-seen")
         elif phase in ("Succeeded", "Failed"):
             marks.mark(owner, "running")  # it ran, even if no watch event showed Running
             marks.mark(owner, "pod-ended")
+            if bare:
+                marks.mark(owner, "ended")
+                marks.mark(owner, f"phase:{phase}")
 
     return on_event
 

@@ -1,15 +1,22 @@
-"""Throughput: N trivial SCRIPT Executions created at once, beside N Jobs doing the same.
+"""Throughput: N trivial SCRIPT Executions created at once, beside N Jobs and N bare Pods.
 
-For each N (``--sizes``, default 100,500,2000) the benchmark creates N Executions of a trivial
-SCRIPT in a fresh namespace as one burst and waits until every one has ended; then, on the same
-cluster, N Jobs whose Pod runs the bare runner command (the same interpreter loading the same
-runner code, see :data:`benchlib.BARE_RUNNER_COMMAND`) through the same node agent, with the
-controller-manager at its default settings. It prints, per N and per system, the time from the
-first create until the last object ended, the rate (ended per second), the p50/p99 of
-create-to-ended, the CPU seconds the operator (resp. kube-controller-manager) used, and the
-ratio of the rates (Kumulus / Jobs; above 1 means Kumulus is faster).
+For each N (``--sizes``, default 100,500) the benchmark creates N Executions of a trivial SCRIPT
+in a fresh namespace as one burst and waits until every one has ended; then, on the same
+cluster and node, N Jobs whose Pod runs the bare runner command in the runner image (the same
+interpreter loading the same runner code, see :data:`benchlib.BARE_RUNNER_COMMAND`), with the
+controller-manager at its default settings; then N bare Pods of the same image and command
+created directly (no controller at all: the floor of any Pod-per-run design on this node). It
+prints, per N and per system, the time from the first create until the last object ended, the
+rate (ended per second), the p50/p99 of create-to-ended, the CPU seconds of every component
+(the operator, kube-controller-manager, the node's processes, the containers, the shims), and
+the ratios of the rates (Kumulus / Jobs and Kumulus / bare Pods; above 1 means Kumulus is
+faster).
 
-    .venv/bin/python bench/throughput.py [--sizes 100,500,2000] [--kubeconfig PATH]
+The dev node runs at most :data:`benchlib.NODE_MAX_PODS` Pods at once (the kubelet's
+``maxPods``, its /26 Pod range): a burst above that waits in the scheduler, for all three
+systems alike.
+
+    .venv/bin/python bench/throughput.py [--sizes 100,500] [--systems kumulus,jobs,pods]
 
 With ``--profile`` the operator runs under ``py-spy record`` during the Kumulus bursts and the
 collapsed stacks land in ``bench/results/throughput-profile-<N>.txt`` (see
@@ -43,12 +50,18 @@ async def burst(
             bl.follow(client, bl.Execution, namespace, bl.execution_milestones(marks)),
             bl.follow(client, bl.Pod, namespace, bl.pod_milestones(marks)),
         ]
-    else:
+    elif kind == "jobs":
         resource, bodies = bl.Job, [bl.bare_job(f"j-{i}") for i in range(n)]
         watches = [
             bl.follow(client, bl.Job, namespace, bl.job_milestones(marks)),
             bl.follow(client, bl.Pod, namespace, bl.pod_milestones(marks)),
         ]
+    else:
+        resource, bodies = bl.Pod, [bl.bare_pod(f"p-{i}") for i in range(n)]
+        watches = [bl.follow(client, bl.Pod, namespace, bl.pod_milestones(marks, bare=True))]
+    # The same start for all three: the namespace's ServiceAccount exists (bare Pods created
+    # before it would be refused; Jobs and the operator would retry).
+    await bl.wait_service_account(env, namespace)
     cpu = bl.CpuMeter(env)
     api = bl.ApiMeter(env)
     load_before = os.getloadavg()[0]
@@ -125,8 +138,11 @@ def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
         proc.kill()
 
 
+LABELS = {"kumulus": "Kumulus Executions", "jobs": "Jobs (baseline)", "pods": "bare Pods (floor)"}
+
+
 def show(kind: str, r: dict[str, Any]) -> None:
-    label = "Kumulus Executions" if kind == "kumulus" else "Jobs (baseline)"
+    label = LABELS[kind]
     print(
         f"  {label:<20} {r['ended']:>5}/{r['n']:<5} ended in {r['seconds_until_all_ended']:8.2f} s"
         f"  = {r['ended_per_second']:7.2f}/s   create->ended p50 "
@@ -153,12 +169,14 @@ async def run(env: bl.BenchEnv, args: argparse.Namespace) -> list[dict[str, Any]
             finally:
                 stop_profiler(profiler)
             show(kind, row[kind])
-        if "kumulus" not in row or "jobs" not in row:
-            rows.append(row)
-            continue
-        k, j = row["kumulus"]["ended_per_second"], row["jobs"]["ended_per_second"]
-        row["ratio_kumulus_to_jobs"] = round(k / j, 2) if k and j else None
-        print(f"  ratio (Kumulus rate / Job rate): {row['ratio_kumulus_to_jobs']}", flush=True)
+        for other, key, label in (
+            ("jobs", "ratio_kumulus_to_jobs", "Job rate"),
+            ("pods", "ratio_kumulus_to_bare_pods", "bare Pod rate"),
+        ):
+            if "kumulus" in row and other in row:
+                k, o = row["kumulus"]["ended_per_second"], row[other]["ended_per_second"]
+                row[key] = round(k / o, 2) if k and o else None
+                print(f"  ratio (Kumulus rate / {label}): {row[key]}", flush=True)
         rows.append(row)
     return rows
 
@@ -166,7 +184,7 @@ async def run(env: bl.BenchEnv, args: argparse.Namespace) -> list[dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     bl.add_common_args(parser)
-    parser.add_argument("--sizes", default="100,500,2000", help="comma separated burst sizes")
+    parser.add_argument("--sizes", default="100,500", help="comma separated burst sizes")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per burst")
     parser.add_argument("--concurrency", type=int, default=32, help="create requests in flight")
     parser.add_argument("--profile", action="store_true", help="py-spy the operator")
@@ -175,12 +193,20 @@ def main() -> None:
     )
     parser.add_argument(
         "--systems",
-        default="kumulus,jobs",
-        help="which to run, in order (e.g. only 'kumulus' while tuning the operator)",
+        default="kumulus,jobs,pods",
+        help="which of kumulus,jobs,pods to run, in order (e.g. only 'kumulus' while tuning)",
     )
     args = parser.parse_args()
-    # A burst of 2000 on a small machine keeps Pods Pending for minutes (110 Pods per node):
-    # that is queueing, not a failure to start, so the start deadline is raised for the run.
+    unknown = set(args.systems.split(",")) - set(LABELS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {sorted(LABELS)}")
+    print(
+        f"The node runs at most {bl.NODE_MAX_PODS} Pods at once (kubelet maxPods, its /26 Pod"
+        " range): it limits Executions, Jobs and bare Pods alike.",
+        flush=True,
+    )
+    # A large burst keeps Pods Pending for minutes (the node runs 60 Pods at a time): that is
+    # queueing, not a failure to start, so the start deadline is raised for the run.
     with bl.BenchEnv(
         "throughput", args, operator_env={"KUMULUS_POD_START_DEADLINE_SECONDS": "1800"}
     ) as env:
@@ -190,6 +216,8 @@ def main() -> None:
             "throughput",
             {
                 "job_command": bl.BARE_RUNNER_COMMAND,
+                "image": bl.RUNNER_IMAGE,
+                "node_max_pods": bl.NODE_MAX_PODS,
                 "operator_env": env.operator_env,
                 "rows": rows,
             },

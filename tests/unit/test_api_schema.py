@@ -238,5 +238,5 @@ def test_short_names_and_printer_columns() -> None:
         "Age",
     ]
     assert columns["Schedule"]["Next"] == ".status.nextScheduleTimes"
-    assert list(columns["Connection"]) == ["Type", "Ready", "Age"]
+    assert list(columns["Connection"]) == ["Type", "Ready", "Reason", "Age"]
     assert list(columns["Webhook"]) == ["Flow", "Enabled", "URL", "Ready", "Age"]

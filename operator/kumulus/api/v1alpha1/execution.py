@@ -291,6 +291,14 @@ class RunnerResult(KumulusModel):
         description="Traceback of an unhandled exception (never secrets).",
         max_length=65536,
     )
+    reason: str | None = Field(
+        None,
+        description=(
+            "Why the runner did not start the flow, when the operator names it: CodeChanged "
+            "(the Flow's code is not the code the operator checked)."
+        ),
+        max_length=64,
+    )
 
 
 class WebhookResponse(KumulusModel):

@@ -10,7 +10,9 @@ lightkube is imported lazily: a runner that fails before its first request start
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kumulus.runner.errors import EngineException, PermissionDenied, ResourceNotFoundError
@@ -25,6 +27,29 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 FIELD_MANAGER = "kumulus-runner"
 
+#: How long one request is tried again while the API server cannot answer (restarting, rolling
+#: over, overloaded): a runner started in that moment waits instead of failing its attempt.
+TRANSIENT_RETRY_SECONDS = 60.0
+#: HTTP answers that mean "not now": too many requests, a proxy or the server not ready.
+TRANSIENT_CODES = frozenset({429, 502, 503, 504})
+_RETRY_FIRST_DELAY = 0.2
+#: Each wait is at most one second, so a SIGTERM is handled at once (see runner.main).
+_RETRY_MAX_DELAY = 1.0
+
+log = logging.getLogger("kumulus.runner")
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """A failure to reach the API server at all (refused, reset, timed out).
+
+    lightkube raises its HTTP library's ``TransportError`` family; it is matched by name so the
+    runner does not import that library itself (it comes with lightkube, see pyproject.toml).
+    """
+    return any(
+        cls.__name__ == "TransportError" and cls.__module__.split(".")[0].startswith("httpx")
+        for cls in type(exc).__mro__
+    )
+
 
 class AlreadyExistsError(EngineException):
     """The object to create exists already (HTTP 409 on create)."""
@@ -36,6 +61,10 @@ class ApiRequestError(EngineException):
 
 class ConflictError(EngineException):
     """An update lost a race: the object changed since it was read (HTTP 409)."""
+
+
+class _TransportFailure(ApiRequestError):
+    """The API server could not be reached at all (kept apart so it is tried again)."""
 
 
 class ApiClient(Protocol):
@@ -129,30 +158,73 @@ def _lease_resource() -> Any:
 class LightkubeClient:
     """``ApiClient`` over lightkube generic resources (in-cluster config or ``KUBECONFIG``)."""
 
-    def __init__(self, namespace: str, client: Client | None = None) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        client: Client | None = None,
+        *,
+        retry_seconds: float = TRANSIENT_RETRY_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         from lightkube import Client
 
         self.namespace = namespace
         self._client = client or Client(namespace=namespace, field_manager=FIELD_MANAGER)
         self._execution, self._flow, self._connection, self._configmap = _resources()
+        self._retry_seconds = retry_seconds
+        self._sleep = sleep
+        self._clock = clock
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One request, tried again while the failure is transient (within ``retry_seconds``).
+
+        Creates use deterministic names and patches are idempotent, so a request that reached
+        the server before the connection broke is safe to send again.
+        """
         from lightkube import ApiError
 
+        deadline = self._clock() + self._retry_seconds
+        delay = _RETRY_FIRST_DELAY
+        while True:
+            try:
+                return self._request(what, fn, *args, **kwargs)
+            except (ApiError, ApiRequestError) as exc:
+                transient = (
+                    isinstance(exc, ApiError) and exc.status.code in TRANSIENT_CODES
+                ) or isinstance(exc, _TransportFailure)
+                left = deadline - self._clock()
+                if not transient or left <= 0:
+                    if isinstance(exc, ApiError):
+                        raise self._mapped(what, exc) from None
+                    raise
+                log.warning("Failed to %s (%s); trying again.", what, exc)
+                self._sleep(min(delay, left, _RETRY_MAX_DELAY))
+                delay = min(delay * 2, _RETRY_MAX_DELAY)
+
+    @staticmethod
+    def _request(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ApiError as exc:
-            code = exc.status.code
-            message = f"Failed to {what}: {exc.status.message}"
-            if code == 404:
-                raise ResourceNotFoundError(message) from None
-            if code == 403:
-                raise PermissionDenied(message) from None
-            if code == 409 and what.startswith("create"):
-                raise AlreadyExistsError(message) from None
-            if code == 409:
-                raise ConflictError(message) from None
-            raise ApiRequestError(message) from None
+        except Exception as exc:
+            if _is_transport_error(exc):
+                raise _TransportFailure(f"Failed to {what}: {exc}") from None
+            raise
+
+    @staticmethod
+    def _mapped(what: str, exc: Any) -> EngineException:
+        """The flow API exception for an API server's error answer."""
+        code = exc.status.code
+        message = f"Failed to {what}: {exc.status.message}"
+        if code == 404:
+            return ResourceNotFoundError(message)
+        if code == 403:
+            return PermissionDenied(message)
+        if code == 409 and what.startswith("create"):
+            return AlreadyExistsError(message)
+        if code == 409:
+            return ConflictError(message)
+        return ApiRequestError(message)
 
     @staticmethod
     def _plain(obj: Any) -> Obj:

@@ -54,6 +54,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType  # noqa: F401 - re-exported for the benchmarks
 
 from kumulus.devcluster.dev import DevPaths, install_kumulus, start_operator, stop_operator
+from kumulus.devcluster.launcher import ORDER
 from kumulus.devcluster.network import NodeNetwork
 from kumulus.devcluster.node import MAX_PODS, NodeLayout
 from kumulus.domain.settings import Settings
@@ -143,16 +144,7 @@ def machine_busy_seconds() -> float:
 
 
 #: The dev cluster's processes, as ``cluster.json`` names them (the launcher's start order).
-COMPONENTS = (
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "containerd",
-    "kubelet",
-    "kube-proxy",
-    "coredns",
-)
+COMPONENTS = ORDER
 #: Where the kubelet puts every Pod of a node: ``/kumulus<slot>`` (kumulus.devcluster.node).
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 SHIM = "containerd-shim-runc-v2"

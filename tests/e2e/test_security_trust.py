@@ -24,12 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from tests.e2e.manifests import API, TERMINAL, execution, flow
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -38,26 +38,10 @@ Kubectl = Callable[..., Any]
 Apply = Callable[..., None]
 WaitPhase = Callable[..., dict[str, Any]]
 
-API = "kumulus.dev/v1alpha1"
-TERMINAL = ("Succeeded", "Failed", "Cancelled")
-
 
 @pytest.fixture(autouse=True)
 def _operator_running(operator: Any) -> None:
     """Every test here needs the operator (fixture from tests/e2e/conftest.py)."""
-
-
-def flow(name: str, code: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "Flow",
-        "metadata": {"name": name},
-        "spec": {"code": textwrap.dedent(code), **spec},
-    }
-
-
-def execution(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "Execution", "metadata": {"name": name}, "spec": spec}
 
 
 def get_json(kubectl: Kubectl, *args: str) -> dict[str, Any]:

@@ -84,11 +84,14 @@ class _Handler:
 
 
 class MailServer:
-    """aiosmtpd on 127.0.0.1; with ``login``/``password`` it requires that login (no TLS)."""
+    """aiosmtpd on ``host``; with ``login``/``password`` it requires that login (no TLS)."""
 
-    def __init__(self, login: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self, login: str | None = None, password: str | None = None, host: str = LOOPBACK
+    ) -> None:
         self.handler = _Handler()
-        self.port = free_port()
+        self.host = host
+        self.port = free_port(host)
         kwargs: dict[str, Any] = {}
         if login is not None:
             kwargs.update(
@@ -96,7 +99,7 @@ class MailServer:
                 auth_required=True,
                 auth_require_tls=False,
             )
-        self._controller = Controller(self.handler, hostname=LOOPBACK, port=self.port, **kwargs)
+        self._controller = Controller(self.handler, hostname=host, port=self.port, **kwargs)
 
     @staticmethod
     def _authenticator(login: str, password: str) -> Callable[..., AuthResult]:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.e2e import example_03
-from tests.local_servers import LOOPBACK, HttpServer, MailServer, Seen, free_port
+from tests.local_servers import LOOPBACK, HttpServer, MailServer, Seen, cluster_host, free_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -42,7 +42,8 @@ def _operator_running(operator: Any) -> None:
 
 @pytest.fixture(scope="module")
 def mail() -> Iterator[MailServer]:
-    server = MailServer(login="robot", password="mail-password-5f2c").start()
+    # Where Pods reach it too, like every server of the e2e tests (tests/local_servers.py).
+    server = MailServer(login="robot", password="mail-password-5f2c", host=cluster_host()).start()
     yield server
     server.stop()
 
@@ -242,7 +243,7 @@ def test_smtp_send_bad_credentials_and_refused(
     subject = f"Report {uuid.uuid4().hex[:6]}"
     # The sender belongs to the Connection (a call may not send as someone else with its login).
     values = {
-        "smtp_host": LOOPBACK,
+        "smtp_host": mail.host,
         "smtp_port": mail.port,
         "login": "robot",
         "from": "kumulus@example.test",

@@ -689,16 +689,15 @@ FLOW_CHECK_RETRY_SECONDS = 0.5
 """How often an Execution waiting for its Flow's check looks again."""
 
 
-def _flow_check_wait(ctx: Ctx) -> list[Action]:
-    flow = (ctx.spec.get("flowRef") or {}).get("name")
-    wait = ctx.settings.flow_wait_seconds
-    message = (
-        f"Waiting for the operator to check the code of Flow {flow} "
-        f"(fails after {wait}s without a check)."
-    )
+def _wait_pending(
+    ctx: Ctx, reason: str, message: str, event_type: str, retry: float, left: float
+) -> list[Action]:
+    """Wait unstarted in Pending for ``reason``: the condition and one Event when the wait
+    begins (its transition time is when it began), then look again after ``retry`` seconds or
+    when the wait runs out (``left``)."""
     actions: list[Action] = []
-    if _started_reason(ctx) != "FlowNotChecked":
-        conditions = _conditions(ctx, ("Started", False, "FlowNotChecked", message))
+    if _started_reason(ctx) != reason:
+        conditions = _conditions(ctx, ("Started", False, reason, message))
         for cond in conditions:
             if cond["type"] == "Started":
                 cond["lastTransitionTime"] = format_time(ctx.now)  # the wait starts now
@@ -712,9 +711,21 @@ def _flow_check_wait(ctx: Ctx) -> list[Action]:
                 }
             )
         )
-        actions.append(EmitEvent("Normal", "FlowNotChecked", f"Execution {ctx.name}: {message}"))
-    actions.append(Requeue(min(FLOW_CHECK_RETRY_SECONDS, max(ctx.flow_check_wait_left, 0.1))))
+        actions.append(EmitEvent(event_type, reason, f"Execution {ctx.name}: {message}"))
+    actions.append(Requeue(min(retry, max(left, 0.1))))
     return actions
+
+
+def _flow_check_wait(ctx: Ctx) -> list[Action]:
+    flow = (ctx.spec.get("flowRef") or {}).get("name")
+    wait = ctx.settings.flow_wait_seconds
+    message = (
+        f"Waiting for the operator to check the code of Flow {flow} "
+        f"(fails after {wait}s without a check)."
+    )
+    return _wait_pending(
+        ctx, "FlowNotChecked", message, "Normal", FLOW_CHECK_RETRY_SECONDS, ctx.flow_check_wait_left
+    )
 
 
 def _flow_not_checked(ctx: Ctx) -> list[Action]:
@@ -740,28 +751,14 @@ def _service_account_wait(ctx: Ctx) -> list[Action]:
     account = ctx.missing_service_account
     wait = ctx.settings.service_account_wait_seconds
     message = f"Waiting for ServiceAccount {account} to exist (fails after {wait}s without it)."
-    actions: list[Action] = []
-    if _started_reason(ctx) != "ServiceAccountNotFound":
-        conditions = _conditions(ctx, ("Started", False, "ServiceAccountNotFound", message))
-        for cond in conditions:
-            if cond["type"] == "Started":
-                cond["lastTransitionTime"] = format_time(ctx.now)  # the wait starts now
-        actions.append(
-            PatchStatus(
-                {
-                    "phase": PENDING,
-                    "statusMessage": message,
-                    "observedGeneration": _generation(ctx),
-                    "conditions": conditions,
-                }
-            )
-        )
-        actions.append(
-            EmitEvent("Warning", "ServiceAccountNotFound", f"Execution {ctx.name}: {message}")
-        )
-    left = ctx.service_account_wait_left
-    actions.append(Requeue(min(SERVICE_ACCOUNT_RETRY_SECONDS, max(left, 0.1))))
-    return actions
+    return _wait_pending(
+        ctx,
+        "ServiceAccountNotFound",
+        message,
+        "Warning",
+        SERVICE_ACCOUNT_RETRY_SECONDS,
+        ctx.service_account_wait_left,
+    )
 
 
 def _service_account_not_found(ctx: Ctx) -> list[Action]:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests.e2e.manifests import TERMINAL, execution, flow
+from tests.e2e.manifests import TERMINAL, events_of, execution, flow
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -59,21 +59,6 @@ def pods_of(kubectl: Kubectl, namespace: str, name: str) -> list[str]:
 def get_json(kubectl: Kubectl, *args: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(kubectl("get", *args, "-o", "json").stdout)
     return result
-
-
-def events_of(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
-    out = kubectl(
-        "get",
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        f"involvedObject.name={name}",
-        "-o",
-        "json",
-    ).stdout
-    items: list[dict[str, Any]] = json.loads(out)["items"]
-    return items
 
 
 # --------------------------------------------------------------------------- (a) restricted Pod

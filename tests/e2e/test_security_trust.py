@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests.e2e.manifests import API, TERMINAL, execution, flow
+from tests.e2e.manifests import API, TERMINAL, events_of, execution, flow
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -54,21 +54,6 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
         if cond.get("type") == type_:
             return dict(cond)
     return {}
-
-
-def events_of(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
-    out = kubectl(
-        "get",
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        f"involvedObject.name={name}",
-        "-o",
-        "json",
-    ).stdout
-    items: list[dict[str, Any]] = json.loads(out)["items"]
-    return items
 
 
 def code_hash(code: str) -> str:

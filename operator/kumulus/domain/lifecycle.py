@@ -380,12 +380,17 @@ class Ctx:
 
         The wait starts when the ``Started`` condition first says FlowNotChecked.
         """
+        return self._pending_wait_left("FlowNotChecked", self.settings.flow_wait_seconds)
+
+    def _pending_wait_left(self, reason: str, allowed: float) -> float:
+        """Seconds left of a wait in Pending that began when ``Started`` first said ``reason``
+        (see ``_wait_pending``); the whole ``allowed`` while it has not begun."""
         since = self.now
         for cond in self.status.get("conditions") or []:
-            if cond.get("type") == "Started" and cond.get("reason") == "FlowNotChecked":
+            if cond.get("type") == "Started" and cond.get("reason") == reason:
                 since = parse_time(cond.get("lastTransitionTime")) or self.now
         waited = (self.now - since).total_seconds()
-        return max(self.settings.flow_wait_seconds - waited, 0.0)
+        return max(allowed - waited, 0.0)
 
     @property
     def flow_wait_left(self) -> float:
@@ -407,12 +412,9 @@ class Ctx:
 
         The wait starts when the ``Started`` condition first says ServiceAccountNotFound.
         """
-        since = self.now
-        for cond in self.status.get("conditions") or []:
-            if cond.get("type") == "Started" and cond.get("reason") == "ServiceAccountNotFound":
-                since = parse_time(cond.get("lastTransitionTime")) or self.now
-        waited = (self.now - since).total_seconds()
-        return max(self.settings.service_account_wait_seconds - waited, 0.0)
+        return self._pending_wait_left(
+            "ServiceAccountNotFound", self.settings.service_account_wait_seconds
+        )
 
     @property
     def hold_reason(self) -> tuple[str, str]:
